@@ -1,0 +1,71 @@
+# vidmem: `make repro` runs the pipeline, `make test` runs the tests. Both install whatever is missing first:
+# Debian packages (ffmpeg, espeak-ng, a Java runtime), a .venv with pinned Python packages, the DVC project.
+# Every step is idempotent: a second run only checks.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian package that provides each command the pipeline calls.
+SYSTEM_TOOLS := ffmpeg:ffmpeg ffprobe:ffmpeg espeak-ng:espeak-ng java:openjdk-17-jre-headless
+PYTEST_ARGS ?=
+# Stages call `python`, `dvc`, `torchrun`: the venv's.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+# This machine's pip config names local index folders that may be absent; drop pip's warnings about them.
+QUIET := sed -u '/is ignored: it is neither/d'
+
+.PHONY: all install system venv dvc-init repro test test-all bench lock clean-venv
+
+all: test
+
+install: system venv dvc-init
+
+## Debian packages: install only what is missing (apt-get update once, only when something is).
+system:
+	@missing=""; \
+	for pair in $(SYSTEM_TOOLS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+## Python environment: rebuilt when the pins change.
+venv: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; vidmem needs Python 3.11" >&2; exit 1; }
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -r requirements.txt -c constraints.txt 2>&1 | $(QUIET)
+	$(BIN)/python -c "import torch, decord, open_clip, zarr, dvc, pycocoevalcap, cupy, ffmpeg" 
+	touch $@
+
+## The repository is a DVC project; `.dvc/` is committed, so this only acts on a checkout that lacks it.
+dvc-init: venv
+	@[ -d .dvc ] || $(BIN)/dvc init -q
+
+repro: install
+	$(BIN)/dvc repro
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Slow tests too (long SynthVid videos, the full pipeline at default size).
+test-all: install
+	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python -m bench.compress
+
+## Regenerate constraints.txt from the current environment after changing requirements.txt.
+lock: venv
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v "^vidmem" > constraints.txt
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,206 @@
+"""Shared plumbing for every stage: params, logging, user errors, atomic writes, deterministic seeding.
+
+Stages are thin (`python -m stages.<name>`): they read their params group with `load_params`, call library
+code, and write outputs atomically so an interrupted stage never leaves a half output that DVC would cache.
+User mistakes raise `UserError`; `run_stage` turns them into one clear line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger("vidmem")
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class UserError(Exception):
+    """An error caused by the user's input or configuration: reported as one line, no stack trace."""
+
+
+# ---------------------------------------------------------------------------------------------------- params
+def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
+    """Read params.yaml (the file DVC tracks). A missing or malformed file is a user error."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: params file not found (run from the repository root)")
+    try:
+        with path.open(encoding="utf-8") as f:
+            params = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(params, dict):
+        raise UserError(f"{path}: expected a mapping of stage groups at the top level")
+    return params
+
+
+def section(params: dict[str, Any], dotted: str) -> Any:
+    """`section(p, 'train.cm2')` → p['train']['cm2'], with an error naming the missing key."""
+    node: Any = params
+    seen = []
+    for key in dotted.split("."):
+        seen.append(key)
+        if not isinstance(node, dict) or key not in node:
+            raise UserError(f"params.yaml: missing key '{'.'.join(seen)}'")
+        node = node[key]
+    return node
+
+
+def params_hash(obj: Any) -> str:
+    """Stable short hash of a JSON-able value (used to key resumable work to the params that made it)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------- logging
+def setup_logging(level: int | str | None = None) -> None:
+    level = level or os.environ.get("VIDMEM_LOG", "INFO")
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Entry point wrapper for stages: logging on, user errors as one line + exit status 2."""
+    setup_logging()
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+# ---------------------------------------------------------------------------------------------------- seeding
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (if imported) so CPU runs repeat bit for bit."""
+    random.seed(seed)
+    import numpy as np
+
+    np.random.seed(seed % (2**32))
+    if "torch" in sys.modules:
+        import torch
+
+        torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------------- atomic io
+def _tmp_sibling(path: Path, suffix: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds.
+
+    `suffix` keeps an extension on the temporary name for tools that look at it (ffmpeg: '.mp4').
+    """
+    path = Path(path)
+    tmp = _tmp_sibling(path, suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Build a directory under a temporary sibling name; swap it in only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def dumps_json(obj: Any, indent: int | None = 2) -> str:
+    """Deterministic JSON (sorted keys only where asked by the caller's data order; UTF-8 kept)."""
+    return json.dumps(obj, indent=indent, ensure_ascii=False) + "\n"
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    write_text(path, dumps_json(obj, indent))
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
+    n = 0
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{lineno}: not valid JSON: {e.msg}") from None
+    return rows
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
