@@ -1,0 +1,268 @@
+"""From params to the canonical manifest: parse every source, find each video, probe missing durations,
+check what only the video can vouch for, and account for every input entry.
+
+Order of the checks: (1) each parser's own entry checks; (2) the video file of every row exists (and one id
+names one file); (3) videos whose annotations give no duration are probed with ffprobe, and the spans of rows
+that were not yet checked against a duration are checked now; (4) spoken queries' WAV files exist.
+With `on_error: fail` the first problem of a phase stops the run with its one-line message; with `skip` the
+entry is left out and listed in the report, and the run goes on.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from vidmem.common import UserError
+from vidmem.formats import checks
+from vidmem.formats.base import Bad, Item, Parsed, Problem
+from vidmem.formats.registry import FORMATS, make_sources
+from vidmem.formats.videos import VIDEO_EXTS, VideoFolder, probe_duration
+from vidmem.formats.vocab import build_vocab
+from vidmem.manifest import SPLITS, Manifest, Video
+
+log = logging.getLogger("vidmem.ingest")
+
+ON_ERROR = ("fail", "skip")
+TABLES = ("events", "queries", "captions", "hierarchy", "qa")
+TIMED = ("events", "queries", "hierarchy")
+
+
+@dataclass
+class IngestResult:
+    manifest: Manifest
+    report: dict[str, Any]
+    metrics: dict[str, Any]
+    answers: dict[str, int] | None = None
+
+
+@dataclass
+class _VideoInfo:
+    path: Path
+    duration: float | None
+    source: str  # the annotation file that first named it
+    probed: bool = False
+    durations: dict[str, float] = field(default_factory=dict)  # source name → annotation duration
+
+
+def ingest(cfg: dict[str, Any], progress: bool = True) -> IngestResult:
+    on_error = cfg.get("on_error", "fail")
+    if on_error not in ON_ERROR:
+        raise UserError(f"params.yaml: ingest.on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+    exts = cfg.get("video_exts", list(VIDEO_EXTS))
+    if not isinstance(exts, list) or not exts or not all(isinstance(e, str) for e in exts):
+        raise UserError("params.yaml: ingest.video_exts must be a list of file extensions such as [mp4, webm]")
+    workers = cfg.get("probe_workers", os.cpu_count() or 1)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise UserError(f"params.yaml: ingest.probe_workers must be an integer >= 1, got {workers!r}")
+    vocab_cfg = cfg.get("vocab", {}) or {}
+    sources = make_sources(cfg)
+
+    # (1) parse
+    parsed: list[Parsed] = []
+    for src in sources:
+        result = FORMATS[src.format].parse(src)
+        log.info("%s: %d rows, %d problems", src.name, len(result.items), len(result.problems))
+        parsed.append(result)
+    problems = [p for r in parsed for p in r.problems]
+    _stop_if(on_error, problems)
+
+    # (2) video files
+    folders: dict[Path, VideoFolder] = {}
+    videos: dict[str, _VideoInfo] = {}
+    kept: list[list[Item]] = []
+    new: list[Problem] = []
+    for r in parsed:
+        src = r.source
+        if src.videos not in folders:
+            folders[src.videos] = VideoFolder(src.videos, tuple(exts))
+        folder = folders[src.videos]
+        keep: list[Item] = []
+        for vid, items in _by_video(r.items).items():
+            path = folder.find(vid)
+            reason = None
+            if path is None:
+                reason = f"video file not found: {folder.expected(vid)}"
+            elif vid in videos and videos[vid].path != path:
+                reason = f"video id '{vid}' names two files: {videos[vid].path} and {path}"
+            if reason is not None:
+                new.append(Problem(items[0].file, f"video '{vid}'", "video", reason, len(items), src.name))
+                continue
+            info = videos.setdefault(vid, _VideoInfo(path, None, items[0].file))
+            duration = r.durations.get(vid)
+            if duration is not None:
+                info.durations[src.name] = duration
+                if info.duration is None:
+                    info.duration = duration
+            keep.extend(items)
+        kept.append(keep)
+    _stop_if(on_error, new)
+    problems += new
+
+    # (3) durations the annotations do not give
+    missing = [vid for vid, info in videos.items() if info.duration is None]
+    failed: dict[str, str] = {}
+    if missing:
+        log.info("probing %d video durations with ffprobe", len(missing))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {vid: pool.submit(_probe, videos[vid].path) for vid in missing}
+            for vid in tqdm(missing, desc="probe", unit="video", disable=not progress, leave=False):
+                value = futures[vid].result()
+                if isinstance(value, str):
+                    failed[vid] = value
+                else:
+                    videos[vid].duration, videos[vid].probed = value, True
+    new = []
+    tol = float(cfg.get("time_tolerance", 1.0))
+    for i, r in enumerate(parsed):
+        keep = []
+        for vid, items in _by_video(kept[i]).items():
+            if vid in failed:
+                reason = f"cannot read the duration of {videos[vid].path} ({failed[vid]})"
+                new.append(Problem(items[0].file, f"video '{vid}'", "video", reason, len(items), r.source.name))
+                continue
+            checked = r.durations.get(vid) is not None
+            for item in items:
+                if not checked and item.row.table in TIMED:
+                    try:
+                        item.row.start, item.row.end = checks.span(
+                            item.row.start, item.row.end, videos[vid].duration, tol, "times", item.end_slack)
+                    except Bad as bad:
+                        new.append(Problem(item.file, item.entry, bad.field, bad.reason, 1, r.source.name))
+                        continue
+                keep.append(item)
+        kept[i] = keep
+    _stop_if(on_error, new)
+    problems += new
+
+    # (4) spoken queries
+    new = []
+    for i, r in enumerate(parsed):
+        keep = []
+        for item in kept[i]:
+            audio = getattr(item.row, "audio", None)
+            if audio is not None and not Path(audio).is_file():
+                new.append(Problem(item.file, item.entry, "audios", f"audio file not found: {audio}", 1,
+                                   r.source.name))
+                continue
+            keep.append(item)
+        kept[i] = keep
+    _stop_if(on_error, new)
+    problems += new
+
+    return _result(cfg, parsed, kept, videos, problems, vocab_cfg, on_error)
+
+
+def _probe(path: Path) -> float | str:
+    try:
+        return probe_duration(path)
+    except ValueError as e:
+        return str(e)
+
+
+def _by_video(items: list[Item]) -> dict[str, list[Item]]:
+    out: dict[str, list[Item]] = {}
+    for item in items:
+        out.setdefault(item.row.video_id, []).append(item)
+    return out
+
+
+def _stop_if(on_error: str, problems: list[Problem]) -> None:
+    if on_error == "fail" and problems:
+        more = len(problems) - 1
+        tail = (f" (and {more} more problem{'s' if more > 1 else ''}; with ingest.on_error: skip every bad "
+                "entry is left out and listed in data/manifest/report.json)") if more else ""
+        raise UserError(problems[0].message() + tail)
+
+
+def _result(cfg: dict[str, Any], parsed: list[Parsed], kept: list[list[Item]], videos: dict[str, _VideoInfo],
+            problems: list[Problem], vocab_cfg: dict[str, Any], on_error: str) -> IngestResult:
+    manifest = Manifest()
+    used: set[str] = set()
+    for items in kept:
+        for item in items:
+            getattr(manifest, item.row.table).append(item.row)
+            used.add(item.row.video_id)
+    for vid, info in videos.items():
+        if vid in used:
+            manifest.videos.append(Video(vid, str(info.path), info.duration, info.source))
+    manifest.vocab = _vocab(manifest, vocab_cfg)
+    answers = _answers(parsed)
+
+    dropped_by_source = Counter()
+    for p in problems:
+        dropped_by_source[p.source] += p.dropped
+    sources = []
+    for r, items in zip(parsed, kept):
+        rows = Counter(item.row.table for item in items)
+        files = [str(p) for v in r.source.paths.values() for p in (v if isinstance(v, list) else [v])]
+        sources.append({
+            "name": r.source.name, "format": r.source.format, "split": r.source.split, "files": files,
+            "videos": str(r.source.videos), "entries": len(items) + dropped_by_source[r.source.name],
+            "kept": len(items), "dropped": dropped_by_source[r.source.name],
+            "problems": sum(1 for p in problems if p.source == r.source.name),
+            "not_selected": r.not_selected, "rows": dict(sorted(rows.items())),
+        })
+    conflicts = [
+        {"video_id": vid, "durations": info.durations}
+        for vid, info in videos.items()
+        if vid in used and len(info.durations) > 1
+        and max(info.durations.values()) - min(info.durations.values()) > float(cfg.get("time_tolerance", 1.0))
+    ]
+    for c in conflicts:
+        log.warning("video '%s': the annotations disagree on its duration %s (the first is kept)",
+                    c["video_id"], c["durations"])
+    report = {
+        "on_error": on_error,
+        "sources": sources,
+        "skipped": [p.as_dict() for p in problems],
+        "videos": {"count": len(manifest.videos), "probed": sum(1 for v in videos.values() if v.probed)},
+        "duration_conflicts": conflicts,
+    }
+    metrics: dict[str, Any] = {"videos": len(manifest.videos)}
+    for table in TABLES:
+        rows = getattr(manifest, table)
+        per_split = Counter(r.split for r in rows)
+        metrics[table] = {s: per_split.get(s, 0) for s in SPLITS} | {"total": len(rows)}
+    metrics["vocab_size"] = len(manifest.vocab.get("word_to_ix", {}))
+    metrics["skipped"] = len(problems)
+    metrics["dropped_rows"] = sum(p.dropped for p in problems)
+    return IngestResult(manifest, report, metrics, answers)
+
+
+def _vocab(manifest: Manifest, cfg: dict[str, Any]) -> dict[str, Any]:
+    tables = cfg.get("tables", ["events", "captions", "hierarchy"])
+    if not isinstance(tables, list) or any(t not in TABLES for t in tables):
+        raise UserError(f"params.yaml: ingest.vocab.tables must list tables among {', '.join(TABLES)}, "
+                        f"got {tables!r}")
+    max_words, min_count = cfg.get("max_words", 30), cfg.get("min_count", 1)
+    for key, value in (("max_words", max_words), ("min_count", min_count)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"params.yaml: ingest.vocab.{key} must be an integer >= 1, got {value!r}")
+    sentences = []
+    for table in tables:
+        for row in getattr(manifest, table):
+            if row.split == "train":
+                sentences.append(getattr(row, "sentence", None) or getattr(row, "text", None)
+                                 or getattr(row, "question"))
+    return build_vocab(sentences, max_words, min_count)
+
+
+def _answers(parsed: list[Parsed]) -> dict[str, int] | None:
+    answers: dict[str, int] | None = None
+    owner = ""
+    for r in parsed:
+        if r.answers is None:
+            continue
+        if answers is None:
+            answers, owner = r.answers, r.source.name
+        elif r.answers != answers:
+            raise UserError(f"params.yaml: ingest sources '{owner}' and '{r.source.name}' name different "
+                            "closed answer sets; QA sources must share one")
+    return answers
