@@ -199,29 +199,34 @@ class ShardedWriter:
     def fill(
         self,
         shards: Iterable[int],
-        compute_item: Callable[[int], dict[str, np.ndarray]],
+        compute_items: Callable[[list[int]], list[dict[str, np.ndarray]]],
         rank: int = 0,
-        progress: Callable[[int], None] | None = None,
     ) -> None:
         """Compute and write the given shards, skipping done ones.
 
-        `compute_item(i)` returns every per-row array of item i (rows = lengths[i]). Items straddling two
-        shards are computed once per process (the last one is cached).
+        `compute_items(indices)` returns, for each item index, every per-row array of that item (rows =
+        lengths[i]); it is called once per shard with the shard's items that are not cached, so it can batch
+        across items. The last item of a shard is kept for the next one (items straddling shard borders are
+        computed once per process).
         """
-        if self.is_complete():
+        if self.is_complete() or self.n_rows == 0:
             return
         done = self.done_shards()
         cache: dict[int, dict[str, np.ndarray]] = {}
         for j in shards:
-            if j in done or self.n_rows == 0:
+            if j in done:
                 continue
             a, b = self.shard_rows(j)
+            items = list(self.items_in_shard(j))
+            todo = [i for i in items if i not in cache]
+            if todo:
+                outs = compute_items(todo)
+                if len(outs) != len(todo):
+                    raise RuntimeError(f"compute_items returned {len(outs)} results for {len(todo)} items")
+                cache = {i: cache[i] for i in items if i in cache}
+                cache.update(zip(todo, outs))
             parts: dict[str, list[np.ndarray]] = {name: [] for name in self.arrays}
-            for i in self.items_in_shard(j):
-                if i not in cache:
-                    cache = {i: compute_item(i)}  # keep only the newest item
-                    if progress:
-                        progress(i)
+            for i in items:
                 out = cache[i]
                 lo, hi = max(a, self.offsets[i]), min(b, self.offsets[i + 1])
                 start = self.offsets[i]
@@ -232,7 +237,8 @@ class ShardedWriter:
                             f"item {self.ids[i]!r}: {name} has {len(arr)} rows, planned {self.lengths[i]}"
                         )
                     parts[name].append(arr[lo - start : hi - start])
-            self.write_shard(j, {n: np.concatenate(p) if p else np.zeros((0,)) for n, p in parts.items()}, rank)
+            self.write_shard(j, {n: np.concatenate(p) for n, p in parts.items()}, rank)
+            cache = {items[-1]: cache[items[-1]]}  # only the straddling candidate survives
 
 
 class FeatureStore:
