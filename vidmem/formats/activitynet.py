@@ -8,11 +8,12 @@ file's events get `annotator = i`, so evaluators can score against each referenc
 
 YouCook2 (`youcookii_annotations_trainval.json`):
     {"database": {"GLd3aX16zBg": {"duration": 241.62, "subset": "training", "recipe_type": "113",
-        "annotations": [{"segment": [90, 102], "id": 0, "sentence": "spread margarine on two slices ..."}, ...],
+        "annotations": [{"segment": [90, 102], "id": 0, "sentence": "spread margarine on ..."}, ...],
         "video_url": "..."}}}
 `subset` picks the split through the source's split mapping (default training→train, validation→val).
 PDVC's converted YouCook2 files are in the ActivityNet form and are read with `activitynet_captions`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -47,11 +48,15 @@ def parse_activitynet(src: Source) -> Parsed:
                 out.problem(file, f"video '{vid}'", bad, checks.count_list(item, "sentences"))
                 continue
             out.video(vid, duration)
-            for i, (stamp, sentence) in enumerate(zip(stamps, sentences)):
+            for i, (stamp, sentence) in enumerate(zip(stamps, sentences, strict=True)):
                 entry = f"video '{vid}' event {i}"
                 try:
-                    start, end = checks.span(*checks.pair(stamp, f"timestamps[{i}]"), duration,
-                                             src.time_tolerance, f"timestamps[{i}]")
+                    start, end = checks.span(
+                        *checks.pair(stamp, f"timestamps[{i}]"),
+                        duration,
+                        src.time_tolerance,
+                        f"timestamps[{i}]",
+                    )
                     text = checks.text(sentence, f"sentences[{i}]")
                 except Bad as bad:
                     out.problem(file, entry, bad)
@@ -95,8 +100,9 @@ def parse_youcook2(src: Source) -> Parsed:
     return out
 
 
-def _event(out: Parsed, ann: Any, vid: str, split: str, duration: float, tol: float, file: str,
-           entry: str) -> None:
+def _event(
+    out: Parsed, ann: Any, vid: str, split: str, duration: float, tol: float, file: str, entry: str
+) -> None:
     checks.mapping(ann, "annotation")
     checks.no_duplicate_keys(ann)
     start, end = checks.span(*checks.pair(checks.key(ann, "segment"), "segment"), duration, tol, "segment")

@@ -7,6 +7,7 @@ that were not yet checked against a duration are checked now; (4) spoken queries
 With `on_error: fail` the first problem of a phase stops the run with its one-line message; with `skip` the
 entry is left out and listed in the report, and the run goes on.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,19 +53,24 @@ class _VideoInfo:
 
 
 def ingest(cfg: dict[str, Any], progress: bool = True) -> IngestResult:
+    """The manifest, report, metrics and answer set of `params.ingest` (paths relative to the cwd)."""
     on_error = cfg.get("on_error", "fail")
     if on_error not in ON_ERROR:
-        raise UserError(f"params.yaml: ingest.on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+        raise UserError(
+            f"params.yaml: ingest.on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}"
+        )
     exts = cfg.get("video_exts", list(VIDEO_EXTS))
     if not isinstance(exts, list) or not exts or not all(isinstance(e, str) for e in exts):
-        raise UserError("params.yaml: ingest.video_exts must be a list of file extensions such as [mp4, webm]")
+        raise UserError(
+            "params.yaml: ingest.video_exts must be a list of file extensions such as [mp4, webm]"
+        )
     workers = cfg.get("probe_workers", os.cpu_count() or 1)
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise UserError(f"params.yaml: ingest.probe_workers must be an integer >= 1, got {workers!r}")
     vocab_cfg = cfg.get("vocab", {}) or {}
-    sources = make_sources(cfg)
+    sources = make_sources(cfg)  # validates root, time_tolerance and every source
+    tolerance = sources[0].time_tolerance
 
-    # (1) parse
     parsed: list[Parsed] = []
     for src in sources:
         result = FORMATS[src.format].parse(src)
@@ -72,19 +78,33 @@ def ingest(cfg: dict[str, Any], progress: bool = True) -> IngestResult:
         parsed.append(result)
     problems = [p for r in parsed for p in r.problems]
     _stop_if(on_error, problems)
-
-    # (2) video files
-    folders: dict[Path, VideoFolder] = {}
+    kept = [list(r.items) for r in parsed]
     videos: dict[str, _VideoInfo] = {}
-    kept: list[list[Item]] = []
-    new: list[Problem] = []
-    for r in parsed:
+    new = _find_videos(parsed, kept, videos, tuple(exts))
+    _stop_if(on_error, new)
+    problems += new
+    new = _probe_durations(parsed, kept, videos, workers, tolerance, progress)
+    _stop_if(on_error, new)
+    problems += new
+    new = _check_audio(parsed, kept)
+    _stop_if(on_error, new)
+    problems += new
+    return _result(cfg, parsed, kept, videos, problems, vocab_cfg, on_error)
+
+
+def _find_videos(
+    parsed: list[Parsed], kept: list[list[Item]], videos: dict[str, _VideoInfo], exts: tuple[str, ...]
+) -> list[Problem]:
+    """Every row's video file exists, and one id names one file; note annotation durations."""
+    folders: dict[Path, VideoFolder] = {}
+    problems: list[Problem] = []
+    for i, r in enumerate(parsed):
         src = r.source
         if src.videos not in folders:
-            folders[src.videos] = VideoFolder(src.videos, tuple(exts))
+            folders[src.videos] = VideoFolder(src.videos, exts)
         folder = folders[src.videos]
-        keep: list[Item] = []
-        for vid, items in _by_video(r.items).items():
+        bad: set[str] = set()
+        for vid, items in _by_video(kept[i]).items():
             path = folder.find(vid)
             reason = None
             if path is None:
@@ -92,7 +112,10 @@ def ingest(cfg: dict[str, Any], progress: bool = True) -> IngestResult:
             elif vid in videos and videos[vid].path != path:
                 reason = f"video id '{vid}' names two files: {videos[vid].path} and {path}"
             if reason is not None:
-                new.append(Problem(items[0].file, f"video '{vid}'", "video", reason, len(items), src.name))
+                problems.append(
+                    Problem(items[0].file, f"video '{vid}'", "video", reason, len(items), src.name)
+                )
+                bad.add(vid)
                 continue
             info = videos.setdefault(vid, _VideoInfo(path, None, items[0].file))
             duration = r.durations.get(vid)
@@ -100,63 +123,72 @@ def ingest(cfg: dict[str, Any], progress: bool = True) -> IngestResult:
                 info.durations[src.name] = duration
                 if info.duration is None:
                     info.duration = duration
-            keep.extend(items)
-        kept.append(keep)
-    _stop_if(on_error, new)
-    problems += new
+        kept[i] = [item for item in kept[i] if item.row.video_id not in bad]
+    return problems
 
-    # (3) durations the annotations do not give
+
+def _probe_durations(
+    parsed: list[Parsed],
+    kept: list[list[Item]],
+    videos: dict[str, _VideoInfo],
+    workers: int,
+    tolerance: float,
+    progress: bool,
+) -> list[Problem]:
+    """Probe the videos no annotation gives a duration for; check spans not yet checked against one."""
     missing = [vid for vid, info in videos.items() if info.duration is None]
     failed: dict[str, str] = {}
     if missing:
         log.info("probing %d video durations with ffprobe", len(missing))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = {vid: pool.submit(_probe, videos[vid].path) for vid in missing}
-            for vid in tqdm(missing, desc="probe", unit="video", disable=not progress, leave=False):
+            bar = tqdm(missing, desc="probe", unit="video", disable=None if progress else True, leave=False)
+            for vid in bar:
                 value = futures[vid].result()
                 if isinstance(value, str):
                     failed[vid] = value
                 else:
                     videos[vid].duration, videos[vid].probed = value, True
-    new = []
-    tol = float(cfg.get("time_tolerance", 1.0))
+    problems: list[Problem] = []
     for i, r in enumerate(parsed):
-        keep = []
         for vid, items in _by_video(kept[i]).items():
             if vid in failed:
                 reason = f"cannot read the duration of {videos[vid].path} ({failed[vid]})"
-                new.append(Problem(items[0].file, f"video '{vid}'", "video", reason, len(items), r.source.name))
+                problems.append(
+                    Problem(items[0].file, f"video '{vid}'", "video", reason, len(items), r.source.name)
+                )
+        keep = []
+        for item in kept[i]:
+            vid = item.row.video_id
+            if vid in failed:
                 continue
-            checked = r.durations.get(vid) is not None
-            for item in items:
-                if not checked and item.row.table in TIMED:
-                    try:
-                        item.row.start, item.row.end = checks.span(
-                            item.row.start, item.row.end, videos[vid].duration, tol, "times", item.end_slack)
-                    except Bad as bad:
-                        new.append(Problem(item.file, item.entry, bad.field, bad.reason, 1, r.source.name))
-                        continue
-                keep.append(item)
+            if r.durations.get(vid) is None and item.row.table in TIMED:
+                try:
+                    item.row.start, item.row.end = checks.span(
+                        item.row.start, item.row.end, videos[vid].duration, tolerance, "times", item.end_slack
+                    )
+                except Bad as bad:
+                    problems.append(Problem(item.file, item.entry, bad.field, bad.reason, 1, r.source.name))
+                    continue
+            keep.append(item)
         kept[i] = keep
-    _stop_if(on_error, new)
-    problems += new
+    return problems
 
-    # (4) spoken queries
-    new = []
+
+def _check_audio(parsed: list[Parsed], kept: list[list[Item]]) -> list[Problem]:
+    """Spoken queries: every WAV exists."""
+    problems: list[Problem] = []
     for i, r in enumerate(parsed):
         keep = []
         for item in kept[i]:
             audio = getattr(item.row, "audio", None)
             if audio is not None and not Path(audio).is_file():
-                new.append(Problem(item.file, item.entry, "audios", f"audio file not found: {audio}", 1,
-                                   r.source.name))
+                reason = f"audio file not found: {audio}"
+                problems.append(Problem(item.file, item.entry, "audios", reason, 1, r.source.name))
                 continue
             keep.append(item)
         kept[i] = keep
-    _stop_if(on_error, new)
-    problems += new
-
-    return _result(cfg, parsed, kept, videos, problems, vocab_cfg, on_error)
+    return problems
 
 
 def _probe(path: Path) -> float | str:
@@ -176,13 +208,26 @@ def _by_video(items: list[Item]) -> dict[str, list[Item]]:
 def _stop_if(on_error: str, problems: list[Problem]) -> None:
     if on_error == "fail" and problems:
         more = len(problems) - 1
-        tail = (f" (and {more} more problem{'s' if more > 1 else ''}; with ingest.on_error: skip every bad "
-                "entry is left out and listed in data/manifest/report.json)") if more else ""
+        tail = (
+            (
+                f" (and {more} more problem{'s' if more > 1 else ''}; with ingest.on_error: skip every bad "
+                "entry is left out and listed in data/manifest/report.json)"
+            )
+            if more
+            else ""
+        )
         raise UserError(problems[0].message() + tail)
 
 
-def _result(cfg: dict[str, Any], parsed: list[Parsed], kept: list[list[Item]], videos: dict[str, _VideoInfo],
-            problems: list[Problem], vocab_cfg: dict[str, Any], on_error: str) -> IngestResult:
+def _result(
+    cfg: dict[str, Any],
+    parsed: list[Parsed],
+    kept: list[list[Item]],
+    videos: dict[str, _VideoInfo],
+    problems: list[Problem],
+    vocab_cfg: dict[str, Any],
+    on_error: str,
+) -> IngestResult:
     manifest = Manifest()
     used: set[str] = set()
     for items in kept:
@@ -199,25 +244,38 @@ def _result(cfg: dict[str, Any], parsed: list[Parsed], kept: list[list[Item]], v
     for p in problems:
         dropped_by_source[p.source] += p.dropped
     sources = []
-    for r, items in zip(parsed, kept):
+    for r, items in zip(parsed, kept, strict=True):
         rows = Counter(item.row.table for item in items)
         files = [str(p) for v in r.source.paths.values() for p in (v if isinstance(v, list) else [v])]
-        sources.append({
-            "name": r.source.name, "format": r.source.format, "split": r.source.split, "files": files,
-            "videos": str(r.source.videos), "entries": len(items) + dropped_by_source[r.source.name],
-            "kept": len(items), "dropped": dropped_by_source[r.source.name],
-            "problems": sum(1 for p in problems if p.source == r.source.name),
-            "not_selected": r.not_selected, "rows": dict(sorted(rows.items())),
-        })
+        sources.append(
+            {
+                "name": r.source.name,
+                "format": r.source.format,
+                "split": r.source.split,
+                "files": files,
+                "videos": str(r.source.videos),
+                "entries": len(items) + dropped_by_source[r.source.name],
+                "kept": len(items),
+                "dropped": dropped_by_source[r.source.name],
+                "problems": sum(1 for p in problems if p.source == r.source.name),
+                "not_selected": r.not_selected,
+                "rows": dict(sorted(rows.items())),
+            }
+        )
     conflicts = [
         {"video_id": vid, "durations": info.durations}
         for vid, info in videos.items()
-        if vid in used and len(info.durations) > 1
-        and max(info.durations.values()) - min(info.durations.values()) > float(cfg.get("time_tolerance", 1.0))
+        if vid in used
+        and len(info.durations) > 1
+        and max(info.durations.values()) - min(info.durations.values())
+        > float(cfg.get("time_tolerance", 1.0))
     ]
     for c in conflicts:
-        log.warning("video '%s': the annotations disagree on its duration %s (the first is kept)",
-                    c["video_id"], c["durations"])
+        log.warning(
+            "video '%s': the annotations disagree on its duration %s (the first is kept)",
+            c["video_id"],
+            c["durations"],
+        )
     report = {
         "on_error": on_error,
         "sources": sources,
@@ -239,8 +297,9 @@ def _result(cfg: dict[str, Any], parsed: list[Parsed], kept: list[list[Item]], v
 def _vocab(manifest: Manifest, cfg: dict[str, Any]) -> dict[str, Any]:
     tables = cfg.get("tables", ["events", "captions", "hierarchy"])
     if not isinstance(tables, list) or any(t not in TABLES for t in tables):
-        raise UserError(f"params.yaml: ingest.vocab.tables must list tables among {', '.join(TABLES)}, "
-                        f"got {tables!r}")
+        raise UserError(
+            f"params.yaml: ingest.vocab.tables must list tables among {', '.join(TABLES)}, got {tables!r}"
+        )
     max_words, min_count = cfg.get("max_words", 30), cfg.get("min_count", 1)
     for key, value in (("max_words", max_words), ("min_count", min_count)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -249,8 +308,7 @@ def _vocab(manifest: Manifest, cfg: dict[str, Any]) -> dict[str, Any]:
     for table in tables:
         for row in getattr(manifest, table):
             if row.split == "train":
-                sentences.append(getattr(row, "sentence", None) or getattr(row, "text", None)
-                                 or getattr(row, "question"))
+                sentences.append(getattr(row, "sentence", None) or getattr(row, "text", None) or row.question)
     return build_vocab(sentences, max_words, min_count)
 
 
@@ -263,6 +321,8 @@ def _answers(parsed: list[Parsed]) -> dict[str, int] | None:
         if answers is None:
             answers, owner = r.answers, r.source.name
         elif r.answers != answers:
-            raise UserError(f"params.yaml: ingest sources '{owner}' and '{r.source.name}' name different "
-                            "closed answer sets; QA sources must share one")
+            raise UserError(
+                f"params.yaml: ingest sources '{owner}' and '{r.source.name}' name different "
+                "closed answer sets; QA sources must share one"
+            )
     return answers

@@ -1,10 +1,11 @@
-"""What every parser returns: manifest rows with their provenance, the videos they name, and per-entry problems.
+"""What every parser returns: manifest rows with their provenance, the videos they name, per-entry problems.
 
 A parser never stops at a bad entry: it records a `Problem` (file, entry, field, reason, and how many manifest
 rows the entry would have produced) and goes on, so that `ingest` can either fail on the first problem with a
 one-line error or, with `on_error: skip`, leave the entry out and list it in the report. Only a whole
 unreadable file raises `UserError` straight away.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ Row = Event | Query | Caption | HierarchyText | QA
 
 
 class Bad(Exception):
-    """An entry-level defect: `field` names what is wrong, `reason` says it in words (naming the field too)."""
+    """An entry-level defect: `field` names what is wrong, `reason` says it in words (and names the field)."""
 
     def __init__(self, field: str, reason: str):
         super().__init__(reason)
@@ -93,7 +94,9 @@ class Source:
 class Parsed:
     source: Source
     items: list[Item] = field(default_factory=list)
-    durations: dict[str, float | None] = field(default_factory=dict)  # video id → duration from the annotation
+    durations: dict[str, float | None] = field(
+        default_factory=dict
+    )  # video id → duration from the annotation
     problems: list[Problem] = field(default_factory=list)
     not_selected: int = 0  # entries of another split in a file that carries several (not this source's)
     answers: dict[str, int] | None = None  # closed answer set (QA sources)

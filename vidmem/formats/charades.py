@@ -5,6 +5,7 @@ split on the first `##`, then the left part on whitespace into video id, start a
 Durations come from the `length` column of `Charades_v1_{train,test}.csv`, whose header is
 `id,subject,scene,quality,relevance,verified,script,objects,descriptions,actions,length`.
 """
+
 from __future__ import annotations
 
 from vidmem.common import UserError
@@ -73,5 +74,7 @@ def parse_charades_sta(src: Source) -> Parsed:
         out.video(vid, duration)
         k = per_video.get(vid, 0)
         per_video[vid] = k + 1
-        out.add(Query(f"{src.name}/{vid}/{k}", vid, src.split, start, end, text, None, None, file), file, entry)
+        out.add(
+            Query(f"{src.name}/{vid}/{k}", vid, src.split, start, end, text, None, None, file), file, entry
+        )
     return out

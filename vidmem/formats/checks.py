@@ -4,6 +4,7 @@ Each check returns the clean value or raises `Bad(field, reason)`; the parser tu
 naming its file and entry. Keeping the rules here means "start > end" or "end past the duration" reads and
 behaves the same for ActivityNet, Charades-STA, TACoS or Ego4D.
 """
+
 from __future__ import annotations
 
 import math
@@ -100,12 +101,18 @@ def pair(value: Any, field: str) -> tuple[Any, Any]:
     return value[0], value[1]
 
 
-def span(start: Any, end: Any, duration: float | None, tolerance: float, field: str = "timestamps",
-         end_slack: float = 0.0) -> tuple[float, float]:
+def span(
+    start: Any,
+    end: Any,
+    duration: float | None,
+    tolerance: float,
+    field: str = "timestamps",
+    end_slack: float = 0.0,
+) -> tuple[float, float]:
     """Validate a time span in seconds against the video duration (when known).
 
     Negative times and start > end are errors. An end past the duration by at most `tolerance` (+ `end_slack`)
-    is clamped to the duration — real annotations (ActivityNet, Charades-STA) overshoot slightly — and a larger
+    is clamped to the duration (real ActivityNet and Charades-STA ends overshoot slightly), and a larger
     overshoot is an error.
     """
     s = number(start, f"{field} start")
@@ -117,8 +124,11 @@ def span(start: Any, end: Any, duration: float | None, tolerance: float, field: 
     if duration is not None:
         limit = duration + tolerance + end_slack
         if e > limit:
-            raise Bad(field, f"end {e:g} is past the video duration {duration:g} "
-                             f"(by {e - duration:.3g} s; time_tolerance {tolerance:g} s)")
+            raise Bad(
+                field,
+                f"end {e:g} is past the video duration {duration:g} "
+                f"(by {e - duration:.3g} s; time_tolerance {tolerance:g} s)",
+            )
         if s > duration + tolerance:
             raise Bad(field, f"start {s:g} is past the video duration {duration:g}")
         e = min(e, duration)
@@ -141,10 +151,12 @@ def no_duplicate_keys(obj: Mapping, where: str = "") -> None:
         raise Bad(name, f"duplicate key '{name}'{' in ' + where if where else ''}")
 
 
-def video_entries(out: Parsed, data: Any, file: str, count: Callable[[Any], int]) -> Iterator[tuple[str, Any]]:
+def video_entries(
+    out: Parsed, data: Any, file: str, count: Callable[[Any], int]
+) -> Iterator[tuple[str, Any]]:
     """(video id, value) of a JSON object keyed by video id.
 
-    Unusable and repeated ids become problems (`count(value)`: how many rows the entry holds); of a repeated id
+    Unusable and repeated ids become problems (`count(value)`: how many rows the entry holds); of a repeat
     the first copy is kept. A file that is not such an object is unreadable as a whole.
     """
     if not isinstance(data, Mapping):
@@ -157,7 +169,9 @@ def video_entries(out: Parsed, data: Any, file: str, count: Callable[[Any], int]
             continue
         yield vid, value
     for raw, value in getattr(data, "duplicates", []):
-        bad = Bad("video id", f"duplicate video id '{raw}': the file holds it more than once (the first is kept)")
+        bad = Bad(
+            "video id", f"duplicate video id '{raw}': the file holds it more than once (the first is kept)"
+        )
         out.problem(file, f"video '{raw}'", bad, count(value))
 
 

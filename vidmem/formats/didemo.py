@@ -4,12 +4,14 @@
     {"annotation_id": 1, "description": "someone kicks the bug towards some rocks.",
      "video": "26292851@N04_4253489686_265c3c8051.m4v", "times": [[4, 4], [4, 4], [0, 0], ...],
      "num_segments": 6, "dl_link": "..."}
-`times` holds one [start chunk, end chunk] per annotator; chunk k covers seconds [5k, 5k+5), and the last chunk
-ends at the video's end (it is shorter than 5 s when the video is). `{split}_list.txt` names the split's videos.
+`times` holds one [start chunk, end chunk] per annotator; chunk k covers seconds [5k, 5k+5), and the last
+chunk ends at the video's end (it is shorter than 5 s when the video is). `{split}_list.txt` names the
+split's videos.
 
 The query's moment is the chunk pair most annotators chose (ties: the first given); retrieval models
 concatenate a video's captions into one paragraph, as CLIP4Clip does.
 """
+
 from __future__ import annotations
 
 from collections import Counter

@@ -1,7 +1,8 @@
 """Ego4D-HCap hierarchical captions (Video ReCap `datasets.md`) → `HierarchyText` rows at three levels.
 
 - clips (`clips_{split}.pkl`): a list of tuples (vid, start_sec, end_sec, clip_caption);
-- segments (`segments_{split}.pkl`): a list of dicts with `vid`, `start_sec`, `end_sec`, `segment_description`,
+- segments (`segments_{split}.pkl`): a list of dicts with `vid`, `start_sec`, `end_sec`,
+  `segment_description`,
   `captions_gt` / `captions_pred` (lists of [vid, start, end, caption]: the clip level again, not read here)
   and, in the released files, a `sid`;
 - summaries (`videos_{split}.json`; `datasets.md` says .pkl but the scripts read JSON): a list of dicts with
@@ -10,6 +11,7 @@ Times are seconds from the start of the full video. The same video may carry sev
 spans), so repeated `vid`s are expected; a repeated (vid, start, end) at one level is not.
 The files give no video duration: `ingest` probes the video and checks every span against it.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -21,8 +23,11 @@ from vidmem.formats.readers import load_json, load_pickle
 from vidmem.manifest import HierarchyText
 
 # level → (params key, text key in each dict; None: a 4-tuple)
-LEVEL_FILES = {"clip": ("clips", None), "segment": ("segments", "segment_description"),
-               "video": ("summaries", "video_summary")}
+LEVEL_FILES = {
+    "clip": ("clips", None),
+    "segment": ("segments", "segment_description"),
+    "video": ("summaries", "video_summary"),
+}
 
 
 def parse_ego4d_hcap(src: Source) -> Parsed:
@@ -30,8 +35,10 @@ def parse_ego4d_hcap(src: Source) -> Parsed:
     if not isinstance(src.split, str):
         raise UserError(f"params.yaml: ingest source '{src.name}': split must be one of train/val/test")
     if not any(src.optional(key) for key, _ in LEVEL_FILES.values()):
-        raise UserError(f"params.yaml: ingest source '{src.name}': ego4d_hcap needs at least one of "
-                        "`clips`, `segments`, `summaries`")
+        raise UserError(
+            f"params.yaml: ingest source '{src.name}': ego4d_hcap needs at least one of "
+            "`clips`, `segments`, `summaries`"
+        )
     for level, (key, text_key) in LEVEL_FILES.items():
         path = src.optional(key)
         if path is None:
@@ -46,7 +53,9 @@ def parse_ego4d_hcap(src: Source) -> Parsed:
             try:
                 vid, start, end, text, local = _entry(item, text_key, i)
                 entry = f"entry {i} (video '{vid}')"
-                checks.unique(seen, f"{vid} {start:g}-{end:g}", f"entry {i}", "start_sec/end_sec", f"{level} span")
+                checks.unique(
+                    seen, f"{vid} {start:g}-{end:g}", f"entry {i}", "start_sec/end_sec", f"{level} span"
+                )
                 start, end = checks.span(start, end, None, src.time_tolerance, "start_sec/end_sec")
             except Bad as bad:
                 out.problem(file, entry, bad)

@@ -1,13 +1,14 @@
-"""Grounding JSON in the MMN layout, its spoken (ActivityNet Speech / MRNet) and TACoS variants → `Query` rows.
+"""Grounding JSON in the MMN layout and its spoken (ActivityNet Speech, MRNet) and TACoS variants → queries.
 
 MMN (`MCG-NJU/MMN: dataset/*`), Charades-STA and ActivityNet, times in seconds:
-    {"3MSZA": {"duration": 30.96, "timestamps": [[24.3, 30.4], ...], "sentences": ["person turn a light on.", ...]}}
+    {"3MSZA": {"duration": 30.96, "timestamps": [[24.3, 30.4], ...], "sentences": ["person turn a ...", ...]}}
 ActivityNet Speech (MRNet `*_audio_new.json`) adds one 16 kHz WAV name per sentence, found in the source's
 `audio` folder, and the Charades / TACoS versions add a per-video `speaker`:
     {..., "audios": ["uqiMw7tQ1Cc_val_2_1.wav", ...], "speaker": "cmu_us_ksp_arctic-wav-arctic_b0030"}
 TACoS (video ids carry the file extension), times in frames, converted to seconds with the video's fps:
     {"s30-d52.avi": {"num_frames": 7346, "fps": 29.4, "timestamps": [[141, 354], ...], "sentences": [...]}}
 """
+
 from __future__ import annotations
 
 from vidmem.common import UserError
@@ -64,7 +65,7 @@ def _parse(src: Source, *, frames: bool, need_audio: bool) -> Parsed:
             continue
         out.video(vid, duration)
         unit = "frame" if frames else "s"
-        for i, (stamp, sentence) in enumerate(zip(stamps, sentences)):
+        for i, (stamp, sentence) in enumerate(zip(stamps, sentences, strict=True)):
             entry = f"video '{vid}' sentence {i}"
             try:
                 first, last = checks.pair(stamp, f"timestamps[{i}]")

@@ -10,6 +10,7 @@ A source picks its videos one of three ways:
   the csv (the 1k-A test protocol); the JSON, when given, only vouches that each video exists;
 - no `csv`: the JSON's own `split` field, through the source's split mapping (validate → val by default).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -30,9 +31,14 @@ class _Data:
 
     def __init__(self, out: Parsed, path: Path, file: str):
         data = load_json(path)
-        if not isinstance(data, Mapping) or not isinstance(data.get("videos"), list) \
-                or not isinstance(data.get("sentences"), list):
-            raise UserError(f"{file}: expected an object with 'videos' and 'sentences' lists (MSRVTT_data.json)")
+        if (
+            not isinstance(data, Mapping)
+            or not isinstance(data.get("videos"), list)
+            or not isinstance(data.get("sentences"), list)
+        ):
+            raise UserError(
+                f"{file}: expected an object with 'videos' and 'sentences' lists (MSRVTT_data.json)"
+            )
         self.file = file
         self.video_split: dict[str, str] = {}  # video id → the file's split value
         self.bad_videos: dict[str, str] = {}  # video id → why its entry is unusable
@@ -80,12 +86,16 @@ def parse_msrvtt(src: Source) -> Parsed:
         return out
     header, rows = read_csv(csv_path, ("video_id",))
     if not isinstance(src.split, str):
-        raise UserError(f"params.yaml: ingest source '{src.name}': with a csv, split must be one of train/val/test")
+        raise UserError(
+            f"params.yaml: ingest source '{src.name}': with a csv, split must be one of train/val/test"
+        )
     if "sentence" in header:
         _from_jsfusion(out, src, data, header, rows)
     elif data is None:
-        raise UserError(f"params.yaml: ingest source '{src.name}': {src.display(csv_path)} lists videos only; "
-                        "add `file: <MSRVTT_data.json>` for their captions")
+        raise UserError(
+            f"params.yaml: ingest source '{src.name}': {src.display(csv_path)} lists videos only; "
+            "add `file: <MSRVTT_data.json>` for their captions"
+        )
     else:
         _from_list(out, src, data, header, rows)
     return out
@@ -151,7 +161,9 @@ def _from_jsfusion(out: Parsed, src: Source, data: _Data | None, header: list[st
     file = src.display(src.path("csv"))
     col = {name: header.index(name) for name in ("key", "video_id", "sentence") if name in header}
     if "key" not in col:
-        raise UserError(f"{file}: CSV header lacks column key (JSFUSION layout: key,vid_key,video_id,sentence)")
+        raise UserError(
+            f"{file}: CSV header lacks column key (JSFUSION layout: key,vid_key,video_id,sentence)"
+        )
     seen: dict[str, str] = {}
     for lineno, fields in rows:
         entry = f"line {lineno}"

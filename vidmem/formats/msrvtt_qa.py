@@ -7,6 +7,7 @@
 outside the set cannot be learned and is a bad entry; val/test questions keep such answers (they count as
 wrong, as in ClipBERT's evaluation).
 """
+
 from __future__ import annotations
 
 import json

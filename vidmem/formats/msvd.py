@@ -4,6 +4,7 @@
 `raw-captions.pkl`: a dict from video id to a list of captions, each a list of tokens (joined with spaces).
 The pickle holds every split; a source takes the videos of its list.
 """
+
 from __future__ import annotations
 
 from vidmem.common import UserError
@@ -21,8 +22,9 @@ def parse_msvd(src: Source) -> Parsed:
     captions_file = src.display(captions_path)
     captions = load_pickle(captions_path)
     if not isinstance(captions, dict):
-        raise UserError(f"{captions_file}: expected a dict from video id to token lists, got "
-                        f"{type(captions).__name__}")
+        raise UserError(
+            f"{captions_file}: expected a dict from video id to token lists, got {type(captions).__name__}"
+        )
     list_path = src.path("list")
     file = src.display(list_path)
     seen: dict[str, str] = {}
@@ -58,5 +60,7 @@ def parse_msvd(src: Source) -> Parsed:
             except Bad as bad:
                 out.problem(captions_file, entry, bad)
                 continue
-            out.add(Caption(f"{src.name}/{vid}/{k}", vid, src.split, text, captions_file), captions_file, entry)
+            out.add(
+                Caption(f"{src.name}/{vid}/{k}", vid, src.split, text, captions_file), captions_file, entry
+            )
     return out

@@ -1,11 +1,12 @@
 """Readers for the raw file types the public formats use: JSON, JSON lines, text lines, CSV, pickle.
 
-Each reads a whole file or raises `UserError` naming it (a file that cannot be read at all is always an error).
+Each reads a whole file or raises `UserError` naming it (a file that cannot be read at all is an error).
 Bytes that are not valid UTF-8 do not stop the read: they survive as lone surrogates (Python's
 `surrogateescape`), so that `checks.text` can point at the exact entry and field that holds them.
 JSON objects keep duplicate keys on the side (`json.load` would silently keep only the last one).
 Pickles come from the internet, so only plain Python values are unpickled.
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,7 +42,9 @@ def read_text(path: str | os.PathLike) -> str:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise UserError(f"{path}: file not found (check ingest.root and this source's paths in params.yaml)") from None
+        raise UserError(
+            f"{path}: file not found (check ingest.root and this source's paths in params.yaml)"
+        ) from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a folder, expected a file") from None
     except OSError as e:
@@ -73,8 +76,10 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any | json.JSONDe
             yield lineno, e
 
 
-def read_csv(path: str | os.PathLike, columns: tuple[str, ...]) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Header and (line number, fields) rows. The header must hold `columns` (a file without them is unreadable)."""
+def read_csv(
+    path: str | os.PathLike, columns: tuple[str, ...]
+) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and (line number, fields) rows; a header without `columns` makes the file unreadable."""
     text = read_text(path)
     try:
         rows = list(csv.reader(io.StringIO(text, newline="")))
@@ -85,7 +90,9 @@ def read_csv(path: str | os.PathLike, columns: tuple[str, ...]) -> tuple[list[st
     header = [h.strip() for h in rows[0]]
     missing = [c for c in columns if c not in header]
     if missing:
-        raise UserError(f"{path}: CSV header lacks column(s) {', '.join(missing)} (header: {','.join(header)})")
+        raise UserError(
+            f"{path}: CSV header lacks column(s) {', '.join(missing)} (header: {','.join(header)})"
+        )
     body = []
     lineno = 1
     for fields in rows[1:]:
@@ -97,8 +104,13 @@ def read_csv(path: str | os.PathLike, columns: tuple[str, ...]) -> tuple[list[st
 
 # Globals a plain-data pickle may name (Python 2 pickles use __builtin__ / copy_reg).
 _SAFE_GLOBALS = {
-    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"), ("builtins", "bytearray"),
-    ("__builtin__", "set"), ("__builtin__", "frozenset"), ("__builtin__", "complex"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "complex"),
+    ("builtins", "bytearray"),
+    ("__builtin__", "set"),
+    ("__builtin__", "frozenset"),
+    ("__builtin__", "complex"),
     ("collections", "OrderedDict"),
 }
 
@@ -117,7 +129,9 @@ def load_pickle(path: str | os.PathLike) -> Any:
         with path.open("rb") as f:
             return _PlainUnpickler(f, encoding="utf-8", errors="surrogateescape").load()
     except FileNotFoundError:
-        raise UserError(f"{path}: file not found (check ingest.root and this source's paths in params.yaml)") from None
+        raise UserError(
+            f"{path}: file not found (check ingest.root and this source's paths in params.yaml)"
+        ) from None
     except pickle.UnpicklingError as e:
         raise UserError(
             f"{path}: {e}: only plain Python values (lists, dicts, strings, numbers) are unpickled; "

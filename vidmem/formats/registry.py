@@ -4,6 +4,7 @@ A source is one annotation file (or a file group such as ActivityNet val_1 + val
 its csv) in one format, feeding one split (or, for files that carry their own split, a mapping of the file's
 split values to ours), with the folder of its videos. Paths are relative to `ingest.root`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -39,8 +40,9 @@ FORMATS: dict[str, FormatSpec] = {
     "youcook2": FormatSpec(parse_youcook2, ("file",), split_map=YOUCOOK2_SPLITS, tables=("events",)),
     "charades_sta": FormatSpec(parse_charades_sta, ("file", "csv"), tables=("queries",)),
     "mmn": FormatSpec(parse_mmn, ("file",), ("audio",), folders=("audio",), tables=("queries",)),
-    "activitynet_speech": FormatSpec(parse_activitynet_speech, ("file", "audio"), folders=("audio",),
-                                     tables=("queries",)),
+    "activitynet_speech": FormatSpec(
+        parse_activitynet_speech, ("file", "audio"), folders=("audio",), tables=("queries",)
+    ),
     "tacos": FormatSpec(parse_tacos, ("file",), ("audio",), folders=("audio",), tables=("queries",)),
     "msrvtt": FormatSpec(parse_msrvtt, (), ("file", "csv"), split_map=MSRVTT_SPLITS, tables=("captions",)),
     "msvd": FormatSpec(parse_msvd, ("list", "captions"), tables=("captions",)),
@@ -57,11 +59,15 @@ def make_sources(cfg: dict[str, Any]) -> list[Source]:
         raise UserError("params.yaml: ingest must be a mapping")
     root = Path(str(_need(cfg, "root", "params.yaml: ingest")))
     if not root.is_dir():
-        raise UserError(f"params.yaml: ingest.root: folder '{root}' not found"
-                        + (" (run `dvc repro synth` first)" if "synth" in str(root) else ""))
+        raise UserError(
+            f"params.yaml: ingest.root: folder '{root}' not found"
+            + (" (run `dvc repro synth` first)" if "synth" in str(root) else "")
+        )
     tolerance = cfg.get("time_tolerance", 1.0)
     if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or tolerance < 0:
-        raise UserError(f"params.yaml: ingest.time_tolerance must be a number of seconds >= 0, got {tolerance!r}")
+        raise UserError(
+            f"params.yaml: ingest.time_tolerance must be a number of seconds >= 0, got {tolerance!r}"
+        )
     entries = cfg.get("sources")
     if not isinstance(entries, list) or not entries:
         raise UserError("params.yaml: ingest.sources must be a non-empty list of annotation sources")
@@ -69,8 +75,10 @@ def make_sources(cfg: dict[str, Any]) -> list[Source]:
     names: dict[str, int] = {}
     for i, src in enumerate(sources):
         if src.name in names:
-            raise UserError(f"params.yaml: ingest.sources[{i}]: name '{src.name}' is also the name of "
-                            f"sources[{names[src.name]}]; give one of them a distinct `name`")
+            raise UserError(
+                f"params.yaml: ingest.sources[{i}]: name '{src.name}' is also the name of "
+                f"sources[{names[src.name]}]; give one of them a distinct `name`"
+            )
         names[src.name] = i
     return sources
 
@@ -89,8 +97,10 @@ def _source(i: int, entry: Any, root: Path, tolerance: float) -> Source:
     allowed = COMMON_KEYS + spec.required + spec.optional
     unknown = [k for k in entry if k not in allowed]
     if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(map(str, unknown))} for format '{fmt}' "
-                        f"(allowed: {', '.join(allowed)})")
+        raise UserError(
+            f"{where}: unknown key(s) {', '.join(map(str, unknown))} for format '{fmt}' "
+            f"(allowed: {', '.join(allowed)})"
+        )
     split = _split(entry.get("split", spec.split_map), spec, f"{where}.split")
     videos = root / str(_need(entry, "videos", where))
     paths: dict[str, Path | list[Path]] = {}

@@ -3,9 +3,10 @@
 Tokenisation: lower-case, every punctuation character becomes a space, split on whitespace, keep the first
 `max_words` words. The file is `{"word_to_ix": {word: i}, "ix_to_word": {"i": word}}` with words numbered
 1..V and 0 reserved for BOS/EOS/padding, so embeddings and logits have V+1 rows. PDVC maps unknown words to V,
-the index of its last real word; here `<unk>` is a word of its own (the last index), so no real word shares it.
+the index of its last real word; here `<unk>` is a word of its own (the last index), shared with no word.
 Words seen fewer than `min_count` times in the train captions become `<unk>`.
 """
+
 from __future__ import annotations
 
 import string
