@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import fractions
 import hashlib
 import math
+import pathlib
 import time
 
 import open_clip
@@ -345,7 +347,8 @@ def _write_lavila_checkpoint(path, shapes, embed_dim=256, text_width=512, drop=(
     sd["module.positional_embedding"] = torch.randn(77, text_width, generator=g)
     sd["module.ln_final.weight"] = torch.ones(text_width)
     sd["module.ln_final.bias"] = torch.zeros(text_width)
-    args = argparse.Namespace(model="CLIP_OPENAI_TIMESFORMER_BASE", num_frames=4, norm_embed=True, lr=3e-5)
+    args = argparse.Namespace(model="CLIP_OPENAI_TIMESFORMER_BASE", num_frames=4, norm_embed=True, lr=3e-5,
+                              output_dir=pathlib.Path("/runs/lavila"))
     torch.save({"state_dict": sd, "epoch": 5, "args": args}, path)
     return sd
 
@@ -364,6 +367,14 @@ def test_lavila_checkpoint_base_layout(tmp_path):
         assert torch.equal(loaded[k], sd[f"module.visual.{k}"]), k
     assert torch.equal(proj, sd["module.image_projection"]) and proj.shape == (768, 256)
     assert type(tsf.blocks[0].mlp.act).__name__ == "QuickGELU" and tsf.blocks[0].norm1.eps == 1e-6
+
+
+def test_inflated_vit_b16_has_lavila_layout():
+    """Inflating open_clip's ViT-B-16 gives exactly LaViLa's visual keys and shapes (TSF-B starts from it)."""
+    tsf = inflate_from_clip(build_clip(ClipConfig(model="ViT-B-16")).model.visual)
+    sd, ref = tsf.state_dict(), _lavila_visual_shapes()
+    assert set(sd) == set(ref) and all(tuple(sd[k].shape) == ref[k] for k in ref)
+    assert (tsf.cfg.width, tsf.cfg.layers, tsf.cfg.heads, tsf.cfg.num_frames) == (768, 12, 12, 4)
 
 
 def test_lavila_checkpoint_errors_name_the_key(tmp_path):
@@ -387,8 +398,12 @@ def test_lavila_checkpoint_errors_name_the_key(tmp_path):
     with pytest.raises(UserError, match=r"blocks\.0\.mlp\.fc2\.bias has shape \(65,\), expected \(64,\)"):
         load_lavila_checkpoint(path)
 
+    torch.save({"state_dict": sd, "args": argparse.Namespace(ratio=fractions.Fraction(1, 3))}, path)
+    with pytest.raises(UserError, match=r"extra\.pth: not a checkpoint .*it pickles fractions\.Fraction"):
+        load_lavila_checkpoint(path)
+
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="extra.pth: not a checkpoint"):
+    with pytest.raises(UserError, match=r"extra\.pth: not a checkpoint"):
         load_lavila_checkpoint(path)
 
 

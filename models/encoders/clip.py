@@ -9,7 +9,6 @@ for the embedded dataset; the standard configs (ViT-B-32, ViT-B-16, ViT-L-14, ..
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import os
@@ -27,6 +26,7 @@ from torch import nn
 from vidmem.common import UserError, file_hash
 
 from .frames import OPENAI_MEAN, OPENAI_STD, FrameTransform
+from .weights import load_failure, safe_globals
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +98,14 @@ def _summarise(keys: list[str], n: int = 5) -> str:
 def _load_file_weights(model: nn.Module, path: Path, name: str, torchscript: bool) -> None:
     """Load a local file with open_clip's loader (state_dict unwrapped, `module.` stripped), strictly."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+        with safe_globals(), warnings.catch_warnings():
             if torchscript:  # torch.load hands TorchScript archives to torch.jit.load, with two warnings
                 warnings.filterwarnings("ignore", message=".*TorchScript archive.*")
                 warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated.*",
                                         category=FutureWarning)
             result = open_clip.load_checkpoint(model, str(path), strict=False, weights_only=not torchscript)
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: not a weights file torch can load safely: {first}") from None
+        raise UserError(f"{path}: not a weights file torch can load safely: {load_failure(e)}") from None
     except RuntimeError as e:  # size mismatches are raised even with strict=False
         detail = " ".join(str(e).split())
         raise UserError(f"{path}: weights do not fit open_clip model '{name}': {detail[:400]}") from None

@@ -25,7 +25,6 @@ interpolates them bilinearly (LaViLa's loader for more frames).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
@@ -43,6 +42,7 @@ from torch.utils.checkpoint import checkpoint
 from vidmem.common import UserError
 
 from .frames import LAVILA_MEAN, LAVILA_STD, OPENAI_MEAN, OPENAI_STD, FrameTransform
+from .weights import load_failure, safe_globals
 
 log = logging.getLogger(__name__)
 
@@ -355,13 +355,12 @@ LAVILA_PREFIX = "module."
 def _load_torch_file(path: Path) -> object:
     """torch.load with weights_only; LaViLa's training runs pickle `args` as an argparse.Namespace."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with safe_globals():
             return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path}: checkpoint not found") from None
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: not a checkpoint torch can load safely: {first}") from None
+        raise UserError(f"{path}: not a checkpoint torch can load safely: {load_failure(e)}") from None
 
 
 def _block_indices(keys: Iterable[str]) -> set[int]:
