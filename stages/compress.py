@@ -1,0 +1,237 @@
+"""Stage `compress`: transcode every manifest video to the working format (see vidmem.video), resumably.
+
+Reads `data/manifest/videos.jsonl`, writes `data/compressed/<video_id>.mp4`, the ledger
+`data/compressed/ledger.jsonl` (one row per manifest video, in manifest order: done, or failed with ffmpeg's
+or ffprobe's reason) and `metrics/compress.json`.
+
+`data/compressed` is a persistent DVC output, so a killed run keeps its finished videos. The ledger decides
+what is redone: a video is skipped when its row was made from the same input file (path, size, mtime) with the
+same encode settings and its output is still there; everything else is (re)done. Each output appears under
+its final name only complete and verified, so a kill leaves at most temporary files, removed on the next run.
+A bad video is recorded as failed and never stops the run.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from vidmem.common import UserError, load_params, params_hash, run_stage, section, write_json
+from vidmem.ledger import DONE, FAILED, Ledger
+from vidmem.manifest import Manifest, Video
+from vidmem.video import VideoError, compress_video, ffmpeg_version, die_with_parent
+
+log = logging.getLogger("vidmem.compress")
+
+MANIFEST_DIR = Path("data/manifest")
+OUT_DIR = Path("data/compressed")
+METRICS = Path("metrics/compress.json")
+LEDGER_NAME = "ledger.jsonl"
+# Bumped when the ffmpeg command changes in a way params do not show, so old outputs are redone.
+CHAIN_VERSION = 1
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]*$")
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """The `compress:` group of params.yaml."""
+
+    fps: float = 3
+    short_side: int = 224
+    crf: int = 23
+    preset: str = "veryfast"
+    workers: int = 0  # ffmpeg processes at once; 0: one per usable core
+    timeout_s: float = 1800  # per video; a hung decode is recorded as failed
+    retry_failed: bool = False  # false: a failure on an unchanged input is kept, not retried
+
+    @classmethod
+    def from_params(cls, group: Any) -> CompressConfig:
+        if not isinstance(group, dict):
+            raise UserError("params.yaml: 'compress' must be a mapping")
+        known = {f.name: f for f in fields(cls)}
+        for key in group:
+            if key not in known:
+                raise UserError(f"params.yaml: compress.{key}: unknown key (known: {', '.join(known)})")
+        cfg = cls(**group)
+        checks = {
+            "fps": isinstance(cfg.fps, (int, float)) and not isinstance(cfg.fps, bool) and cfg.fps > 0,
+            "short_side": isinstance(cfg.short_side, int) and cfg.short_side >= 2 and cfg.short_side % 2 == 0,
+            "crf": isinstance(cfg.crf, (int, float)) and 0 <= cfg.crf <= 51,
+            "preset": isinstance(cfg.preset, str) and bool(cfg.preset),
+            "workers": isinstance(cfg.workers, int) and cfg.workers >= 0,
+            "timeout_s": isinstance(cfg.timeout_s, (int, float)) and cfg.timeout_s > 0,
+            "retry_failed": isinstance(cfg.retry_failed, bool),
+        }
+        need = {
+            "fps": "a positive number", "short_side": "an even integer ≥ 2", "crf": "a number in 0..51",
+            "preset": "an x264 preset name", "workers": "an integer ≥ 0 (0: one per core)",
+            "timeout_s": "a positive number of seconds", "retry_failed": "true or false",
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise UserError(f"params.yaml: compress.{key}: {getattr(cfg, key)!r} is not {need[key]}")
+        return cfg
+
+    def encode(self) -> dict[str, Any]:
+        """The settings that shape the output bytes (hashed into every ledger row)."""
+        return {"fps": self.fps, "short_side": self.short_side, "crf": self.crf, "preset": self.preset,
+                "chain": CHAIN_VERSION}
+
+    def n_workers(self) -> int:
+        return self.workers or len(os.sched_getaffinity(0))
+
+
+# -------------------------------------------------------------------------------------------------- one video
+def input_signature(path: str) -> dict[str, Any]:
+    """Path, size and mtime of an input: a changed file is redone (size and mtime None: not there)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {"path": path, "size": None, "mtime_ns": None}
+    return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def compress_one(video_id: str, src: str, dst: str, encode: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Runs in a pool worker: the ledger fields for one video. Never raises for a bad video."""
+    settings = {k: v for k, v in encode.items() if k != "chain"}
+    try:
+        res = compress_video(src, dst, timeout=timeout, **settings)
+    except VideoError as e:
+        return {"status": FAILED, "reason": e.reason}
+    except Exception as e:  # an unexpected failure on one file must not stop the others
+        return {"status": FAILED, "reason": f"{type(e).__name__}: {e}"}
+    out = res.output
+    row = {
+        "status": DONE,
+        "source": {k: v for k, v in res.source.as_dict().items() if k != "path"},
+        "output": {
+            "file": Path(dst).name,
+            "frames": out.frames,
+            "width": out.width,
+            "height": out.height,
+            "duration": out.duration,
+            "bytes": os.path.getsize(dst),
+        },
+        "seconds": res.seconds,
+    }
+    if res.warnings:
+        row["warnings"] = res.warnings
+    return row
+
+
+# ------------------------------------------------------------------------------------------------- all videos
+def check_videos(videos: list[Video], manifest_file: Path) -> None:
+    """Ids become file names: they must be unique and safe; every video needs a path."""
+    seen: set[str] = set()
+    for i, v in enumerate(videos, 1):
+        where = f"{manifest_file}: entry {i} (video_id {v.video_id!r})"
+        if not isinstance(v.video_id, str) or not _SAFE_ID.match(v.video_id) or v.video_id == LEDGER_NAME:
+            raise UserError(f"{where}: field 'video_id' must be a plain file name (letters, digits, _.=+-)")
+        if v.video_id in seen:
+            raise UserError(f"{where}: field 'video_id' is a duplicate")
+        if not isinstance(v.path, str) or not v.path:
+            raise UserError(f"{where}: field 'path' is empty")
+        seen.add(v.video_id)
+
+
+def _is_reusable(row: dict[str, Any] | None, sig: dict[str, Any], phash: str, out_dir: Path,
+                 retry_failed: bool) -> bool:
+    if not row or row.get("params_hash") != phash or row.get("input") != sig:
+        return False
+    if row.get("status") == FAILED:
+        return not retry_failed
+    out = row.get("output") or {}
+    dst = out_dir / str(out.get("file", ""))
+    return row.get("status") == DONE and dst.is_file() and dst.stat().st_size == out.get("bytes")
+
+
+def remove_temporaries(out_dir: Path) -> int:
+    """Temporary files from a killed run (atomic writes name them '.<name>.<random>.tmp*')."""
+    n = 0
+    for p in out_dir.glob(".*.tmp*"):
+        if p.is_file():
+            p.unlink()
+            n += 1
+    return n
+
+
+def compress_all(videos: list[Video], out_dir: Path, cfg: CompressConfig) -> dict[str, Any]:
+    """Bring `out_dir` up to date with `videos`; returns the metrics."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if n := remove_temporaries(out_dir):
+        log.info("removed %d temporary file(s) left by an interrupted run", n)
+    encode = cfg.encode()
+    phash = params_hash(encode)
+    version = ffmpeg_version()
+    t0 = time.perf_counter()
+
+    ledger = Ledger(out_dir / LEDGER_NAME)
+    sigs = {v.video_id: input_signature(v.path) for v in videos}
+    todo = [v for v in videos if not _is_reusable(ledger.get(v.video_id), sigs[v.video_id], phash, out_dir,
+                                                  cfg.retry_failed)]
+    # Longest first, so the pool does not end waiting on one long video.
+    todo.sort(key=lambda v: (-(v.duration or 0.0), -(sigs[v.video_id]["size"] or 0)))
+    log.info("%d videos: %d up to date, %d to compress with %d worker(s), ffmpeg %s",
+             len(videos), len(videos) - len(todo), len(todo), cfg.n_workers(), version)
+
+    with ledger:
+        if todo:
+            n_workers = min(cfg.n_workers(), len(todo))
+            with ProcessPoolExecutor(max_workers=n_workers, initializer=die_with_parent) as pool:
+                futures: dict[Future, Video] = {
+                    pool.submit(compress_one, v.video_id, v.path, str(out_dir / f"{v.video_id}.mp4"), encode,
+                                cfg.timeout_s): v
+                    for v in todo
+                }
+                for fut in tqdm(as_completed(futures), total=len(futures), desc="compress", unit="video",
+                                disable=None):
+                    v = futures[fut]
+                    row = fut.result()
+                    if row["status"] == FAILED:
+                        # A failed redo must not leave the previous output looking current.
+                        (out_dir / f"{v.video_id}.mp4").unlink(missing_ok=True)
+                        log.warning("%s: failed: %s", v.video_id, row["reason"])
+                    ledger.record(v.video_id, row.pop("status"), input=sigs[v.video_id], params_hash=phash,
+                                  ffmpeg=version, **row)
+
+        keep = {v.video_id for v in videos if (ledger.get(v.video_id) or {}).get("status") == DONE}
+        for p in out_dir.glob("*.mp4"):
+            if p.stem not in keep:
+                log.info("removing %s (no longer a finished manifest video)", p)
+                p.unlink()
+        rows = ledger.finalize([v.video_id for v in videos])
+
+    done = [r for r in rows if r["status"] == DONE]
+    metrics = {
+        "videos": len(rows),
+        "done": len(done),
+        "failed": len(rows) - len(done),
+        "input_seconds": round(sum(r["source"]["duration"] or 0.0 for r in done), 3),
+        "output_frames": sum(r["output"]["frames"] for r in done),
+        "bytes_in": sum(r["input"]["size"] for r in done),
+        "bytes_out": sum(r["output"]["bytes"] for r in done),
+    }
+    log.info("compress: %d done, %d failed (%d compressed this run in %.1f s)",
+             metrics["done"], metrics["failed"], len(todo), time.perf_counter() - t0)
+    return metrics
+
+
+def main() -> None:
+    cfg = CompressConfig.from_params(section(load_params(), "compress"))
+    if not (MANIFEST_DIR / "videos.jsonl").is_file():
+        raise UserError(f"{MANIFEST_DIR / 'videos.jsonl'}: not found; run `dvc repro ingest` first")
+    videos = Manifest.read(MANIFEST_DIR, tables=("videos",)).videos
+    check_videos(videos, MANIFEST_DIR / "videos.jsonl")
+    metrics = compress_all(videos, OUT_DIR, cfg)
+    write_json(METRICS, metrics)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,311 @@
+"""ffprobe / ffmpeg helpers and the transcode of one video to the pipeline's working format.
+
+Every later stage decodes the same small, regular files: `fps` frames per second, the short side scaled to
+`short_side` (portrait and landscape alike, after applying the phone's rotation tag), even dimensions, square
+pixels, H.264 yuv420p, no audio. One ffmpeg process per video, single-threaded (`-threads 1` for decoder,
+filters and encoder), so a process pool over the cores scales without oversubscription.
+
+`probe` and `compress_video` raise `VideoError` (a `UserError`: one line naming the file and ffmpeg's or
+ffprobe's complaint), which callers that process many videos record per video instead of stopping.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import ffmpeg
+
+from vidmem.common import UserError, atomic_path
+
+FFMPEG = "ffmpeg"
+FFPROBE = "ffprobe"
+
+# Formats ffprobe reports for single pictures: a still image is not a video, even when named .mp4.
+_IMAGE_FORMATS = re.compile(r"^(image2|.*_pipe)$")
+# "[h264 @ 0x55d5...]" → "[h264]": the address differs per run and would make ledger rows differ.
+_ADDRESS = re.compile(r" @ 0x[0-9a-f]+")
+
+
+class VideoError(UserError):
+    """A video that cannot be probed or transcoded; `reason` is the tool's own complaint."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What ffprobe says about a file's first video stream, in display orientation."""
+
+    path: str
+    width: int  # displayed width: after the rotation tag is applied
+    height: int
+    duration: float | None  # seconds (container duration, else the stream's)
+    fps: float  # average frame rate; 0.0 when the file does not say
+    frames: int | None  # counted packets (probe(..., count_frames=True)), else the header's count, if any
+    rotation: int = 0  # degrees, 0/90/180/270, from the display matrix or the legacy `rotate` tag
+    sar: float = 1.0  # sample (pixel) aspect ratio
+    codec: str = ""
+    has_audio: bool = False
+
+    @property
+    def short_side(self) -> int:
+        return min(self.width, self.height)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Compressed:
+    """The result of one transcode: the probed source, the verified output, and ffmpeg's non-fatal errors."""
+
+    source: VideoInfo
+    output: VideoInfo
+    warnings: str = ""  # decode errors ffmpeg recovered from (e.g. a partly corrupt file); "" when clean
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------------------ tools
+def die_with_parent() -> None:
+    """Child processes get SIGKILL when their parent dies, so a killed stage leaves no ffmpeg running."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _run_tool(args: list[str], path: str | os.PathLike, timeout: float | None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(
+            args, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, preexec_fn=die_with_parent
+        )
+    except subprocess.TimeoutExpired:
+        raise VideoError(path, f"{Path(args[0]).name} timed out after {timeout:g} s") from None
+    except FileNotFoundError:
+        raise UserError(f"{args[0]} not found; run `make install` (it installs ffmpeg)") from None
+
+
+def stderr_tail(stderr: bytes | str, lines: int = 8, chars: int = 800) -> str:
+    """The last distinct lines of a tool's stderr, without per-run pointer addresses: a stable reason."""
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
+    kept: list[str] = []
+    for line in text.splitlines():
+        line = _ADDRESS.sub("", line.strip())
+        if line and (not kept or kept[-1] != line):
+            kept.append(line)
+    return " | ".join(kept[-lines:])[-chars:]
+
+
+def _file_arg(path: str | os.PathLike) -> str:
+    """`file:` keeps ffmpeg from reading a name as an option ('-x.mp4') or a protocol ('a:b.mp4')."""
+    return f"file:{os.fspath(path)}"
+
+
+@functools.cache
+def ffmpeg_version() -> str:
+    """E.g. '5.1.9-0+deb12u1': recorded beside each output so a changed encoder is visible."""
+    proc = _run_tool([FFMPEG, "-hide_banner", "-version"], FFMPEG, timeout=30)
+    out = proc.stdout.decode("utf-8", "replace")
+    m = re.match(r"ffmpeg version (\S+)", out)
+    return m.group(1) if m else "unknown"
+
+
+# ------------------------------------------------------------------------------------------------------ probe
+def _ratio(text: str | None) -> float:
+    """'30000/1001' or '4:3' → float; 0.0 for missing or undefined ('0/0', 'N/A')."""
+    try:
+        r = Fraction((text or "0/1").replace(":", "/"))
+    except (ValueError, ZeroDivisionError):
+        return 0.0
+    return float(r)
+
+
+def _float(text: Any) -> float | None:
+    try:
+        x = float(text)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) and x >= 0 else None
+
+
+def _rotation(stream: dict[str, Any]) -> int:
+    """Rotation (0/90/180/270 degrees) from the display matrix (ffprobe ≥ 5) or the legacy `rotate` tag."""
+    deg = 0.0
+    for side in stream.get("side_data_list") or []:
+        if side.get("rotation") is not None:
+            deg = float(side["rotation"])
+            break
+    else:
+        try:
+            deg = float((stream.get("tags") or {}).get("rotate", 0))
+        except ValueError:
+            deg = 0.0
+    return int(round(deg / 90.0)) * 90 % 360
+
+
+def probe(path: str | os.PathLike, count_frames: bool = False, timeout: float | None = 120) -> VideoInfo:
+    """Probe a video file; raises VideoError for a missing, empty, unreadable, still-image or audio-only file.
+
+    `count_frames` reads the whole file and counts video packets (one per frame in the files ffmpeg writes);
+    without it `frames` is the container's own claim, when it makes one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise VideoError(path, "empty file (0 bytes)")
+    args = [FFPROBE, "-v", "error", "-show_format", "-show_streams", "-of", "json"]
+    if count_frames:
+        args += ["-count_packets"]
+    proc = _run_tool(args + [_file_arg(path)], path, timeout)
+    if proc.returncode != 0:
+        raise VideoError(path, stderr_tail(proc.stderr) or f"ffprobe failed (exit status {proc.returncode})")
+    try:
+        data = json.loads(proc.stdout)
+    except ValueError:
+        raise VideoError(path, "ffprobe returned unreadable output") from None
+    fmt = data.get("format") or {}
+    streams = data.get("streams") or []
+    videos = [
+        s for s in streams
+        if s.get("codec_type") == "video" and not (s.get("disposition") or {}).get("attached_pic")
+    ]
+    if not videos:
+        kinds = sorted({s.get("codec_type", "unknown") for s in streams}) or ["none"]
+        raise VideoError(path, f"no video stream (streams: {', '.join(kinds)})")
+    if _IMAGE_FORMATS.match(fmt.get("format_name", "")):
+        raise VideoError(path, f"a still image ({fmt['format_name']}), not a video")
+    v = videos[0]
+    width, height = int(v.get("width") or 0), int(v.get("height") or 0)
+    if width <= 0 or height <= 0:
+        raise VideoError(path, "video stream has no frame size")
+    rotation = _rotation(v)
+    if rotation in (90, 270):
+        width, height = height, width
+    sar = _ratio(v.get("sample_aspect_ratio")) or 1.0
+    if rotation in (90, 270):
+        sar = 1.0 / sar
+    frames_key = "nb_read_packets" if count_frames else "nb_frames"
+    frames = int(v[frames_key]) if str(v.get(frames_key, "")).isdigit() else None
+    return VideoInfo(
+        path=str(path),
+        width=width,
+        height=height,
+        duration=_float(fmt.get("duration")) or _float(v.get("duration")),
+        fps=round(_ratio(v.get("avg_frame_rate")), 6),
+        frames=frames,
+        rotation=rotation,
+        sar=round(sar, 6),
+        codec=str(v.get("codec_name", "")),
+        has_audio=any(s.get("codec_type") == "audio" for s in streams),
+    )
+
+
+# --------------------------------------------------------------------------------------------------- compress
+def _round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+def scaled_size(width: int, height: int, short_side: int, sar: float = 1.0) -> tuple[int, int]:
+    """Output size for a displayed `width`×`height` source: the same arithmetic as the scale filter below."""
+    dar = width * sar / height
+    if dar < 1:
+        return short_side, 2 * _round_half_up(short_side / dar / 2)
+    return 2 * _round_half_up(short_side * dar / 2), short_side
+
+
+def compress_command(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    fps: float = 3,
+    short_side: int = 224,
+    crf: int = 23,
+    preset: str = "veryfast",
+) -> list[str]:
+    """The ffmpeg command line (built with ffmpeg-python) that transcodes `src` into `dst`.
+
+    fps first, so only the kept frames are scaled. The scale works on the display aspect ratio (`dar`:
+    pixel aspect applied, after ffmpeg's autorotation), puts `short_side` on the shorter side and rounds the
+    other to an even size; `setsar=1` then marks the pixels square. Bit-exact flags and dropped metadata make
+    a rerun byte-identical.
+    """
+    s = short_side
+    scaled = (
+        ffmpeg.input(_file_arg(src), threads=1)["v:0"]
+        .filter("fps", fps=fps)
+        .filter(
+            "scale",
+            w=f"if(lt(dar,1),{s},2*round({s}*dar/2))",
+            h=f"if(lt(dar,1),2*round({s}/dar/2),{s})",
+            flags="bicubic+accurate_rnd+bitexact",
+        )
+        .filter("setsar", 1)
+    )
+    out = scaled.output(
+        _file_arg(dst),
+        vcodec="libx264",
+        preset=preset,
+        crf=crf,
+        pix_fmt="yuv420p",
+        threads=1,
+        an=None,
+        movflags="+faststart",
+        fflags="+bitexact",
+        map_metadata=-1,
+        map_chapters=-1,
+        **{"flags:v": "+bitexact", "f": "mp4"},
+    ).global_args("-nostdin", "-hide_banner", "-v", "error", "-filter_complex_threads", "1")
+    return ffmpeg.compile(out, cmd=FFMPEG, overwrite_output=True)
+
+
+def compress_video(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    fps: float = 3,
+    short_side: int = 224,
+    crf: int = 23,
+    preset: str = "veryfast",
+    timeout: float | None = None,
+) -> Compressed:
+    """Transcode `src` to `dst` (see `compress_command`); `dst` appears only complete and verified.
+
+    The encode goes to a temporary '.mp4' sibling that is renamed onto `dst` only after ffprobe has read it
+    back and counted at least one frame; on any failure the temporary file is removed and VideoError raised,
+    so no empty or partial `dst` is ever left behind.
+    """
+    t0 = time.perf_counter()
+    source = probe(src)
+    with atomic_path(dst, suffix=".mp4") as tmp:
+        cmd = compress_command(src, tmp, fps=fps, short_side=short_side, crf=crf, preset=preset)
+        proc = _run_tool(cmd, src, timeout)
+        tail = stderr_tail(proc.stderr)
+        if proc.returncode != 0:
+            raise VideoError(src, tail or f"ffmpeg failed (exit status {proc.returncode})")
+        try:
+            output = probe(tmp, count_frames=True)
+        except VideoError as e:
+            detail = f"ffmpeg wrote an unreadable file: {e.reason}" + (f" | {tail}" if tail else "")
+            raise VideoError(src, detail) from None
+        if not output.frames:
+            raise VideoError(src, "ffmpeg produced no frames" + (f": {tail}" if tail else ""))
+    return Compressed(
+        source=source,
+        output=replace(output, path=str(dst)),
+        warnings=tail,
+        seconds=round(time.perf_counter() - t0, 3),
+    )
