@@ -139,8 +139,8 @@ class ShardedWriter:
             root.create_array(
                 name,
                 shape=shape,
-                chunks=(min(self.rows_per_chunk, max(self.n_rows, 1)), *spec.trailing),
-                shards=(min(self.rows_per_shard, max(self.n_rows, 1)), *spec.trailing),
+                chunks=(self.rows_per_chunk, *spec.trailing),
+                shards=(self.rows_per_shard, *spec.trailing),
                 dtype=spec.dtype,
                 fill_value=0,
             )

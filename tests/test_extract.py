@@ -1,0 +1,203 @@
+"""extract@{clip,lavila,text} end to end in a small project: store layout and reads, values equal a direct
+encoder forward, undecodable videos in the ledger, kill -9 resume byte-identical, torchrun equal to one process."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.media import garbage, lavfi_video
+from vidmem.manifest import Event, Manifest, Video
+from vidmem.store import FeatureStore
+
+REPO = Path(__file__).resolve().parents[1]
+DURATIONS = {"vid_a": 5.0, "vid_b": 9.0, "vid_c": 2.4, "vid_d": 13.0}
+
+
+def run_stage(root: Path, *args: str, torchrun: int = 0, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "VIDMEM_LOG": "WARNING"}
+    if torchrun:
+        cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", f"--nproc_per_node={torchrun}",
+               "-m", "stages.extract", *args]
+    else:
+        cmd = [sys.executable, "-m", "stages.extract", *args]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def make_project(root: Path, batch_size: int = 4, rows_per_chunk: int = 8, extra_video_seconds: float = 0) -> Path:
+    """params.yaml, a manifest, 3-fps compressed videos (one garbage, one failed in compression), clip.pt."""
+    from models.encoders.clip import ClipConfig, build_clip
+
+    root.mkdir(parents=True, exist_ok=True)
+    durations = dict(DURATIONS)
+    if extra_video_seconds:
+        durations["vid_long"] = extra_video_seconds
+    params = {
+        "compress": {"fps": 3, "short_side": 224},
+        "clip": {"model": "vidmem-tiny", "pretrained": "none", "seed": 0},
+        "extract": {"batch_size": batch_size, "rows_per_chunk": rows_per_chunk, "chunks_per_shard": 2, "threads": 0,
+                    "lavila": {"window": 4.0, "frames": 4, "checkpoint": "none", "dense_tokens": False},
+                    "text": {"max_tokens": 16}},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    comp = root / "data" / "compressed"
+    videos = []
+    for i, (vid, dur) in enumerate(durations.items()):
+        # landscape and portrait, like compress outputs
+        w, h = (298, 224) if i % 2 == 0 else (224, 298)
+        lavfi_video(comp / f"{vid}.mp4", w, h, fps=3, duration=dur, source="testsrc2" if i % 2 else "testsrc")
+        videos.append(Video(vid, f"raw/{vid}.mp4", dur))
+    garbage(comp / "vid_bad.mp4")
+    videos += [Video("vid_bad", "raw/vid_bad.mp4", 4.0), Video("vid_gone", "raw/vid_gone.mp4", 4.0)]
+    (comp / "ledger.jsonl").write_text(json.dumps({"key": "vid_gone", "status": "failed",
+                                                   "reason": "moov atom not found"}) + "\n")
+    events = [Event("vid_a", "train", 0.5, 3.0, "a red circle moves left"),
+              Event("vid_b", "train", 1.0, 8.0, "the blue square grows"),
+              Event("vid_b", "test", 1.0, 8.0, "a red circle moves left")]  # duplicate text: stored once
+    Manifest(videos=videos, events=events).write(root / "data" / "manifest")
+    encoder = build_clip(ClipConfig())
+    (root / "data" / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": encoder.model.state_dict(), "epoch": 0}, root / "data" / "checkpoints" / "clip.pt")
+    return root
+
+
+def digest(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = make_project(tmp_path_factory.mktemp("extract") / "proj")
+    for kind in ("clip", "lavila", "text"):
+        run_stage(root, kind)
+    return root
+
+
+def load_encoder(root: Path):
+    from models.encoders.clip import ClipConfig, build_clip
+
+    return build_clip(ClipConfig(pretrained=str(root / "data" / "checkpoints" / "clip.pt")))
+
+
+def test_clip_store_layout_values_and_ledger(project):
+    import decord
+
+    store = FeatureStore(project / "data" / "features" / "clip.zarr")
+    assert store.ids == list(DURATIONS)  # manifest order; broken videos absent
+    assert store.attrs["kind"] == "clip" and store.attrs["encoder"] == "vidmem-tiny" and store.attrs["fps"] == 3.0
+    assert store.attrs["checkpoint_sha256"] == hashlib.sha256(
+        (project / "data" / "checkpoints" / "clip.pt").read_bytes()).hexdigest()
+    feats = store.array("feats")
+    assert feats.dtype == np.float16 and feats.shape[1] == 128 and feats.shards[0] == 16
+    encoder = load_encoder(project)
+    for vid, dur in DURATIONS.items():
+        vr = decord.VideoReader(str(project / "data" / "compressed" / f"{vid}.mp4"))
+        assert len(store.get(vid)) == len(vr) and abs(len(vr) - 3 * dur) <= 1
+        np.testing.assert_allclose(store.get(vid, "times"), vr.get_frame_timestamp(range(len(vr)))[:, 0], atol=1e-6)
+        with torch.no_grad():
+            ref = encoder.encode_image(encoder.preprocess(torch.from_numpy(vr.get_batch(range(len(vr))).asnumpy())))
+        np.testing.assert_allclose(store.get(vid).astype(np.float32), ref.numpy(), rtol=2e-3, atol=2e-3)
+    ledger = {r["key"]: r for r in map(json.loads, (store.path / "ledger.jsonl").read_text().splitlines())}
+    assert ledger["vid_bad"]["status"] == "failed" and "vid_bad.mp4" in ledger["vid_bad"]["reason"]
+    assert ledger["vid_gone"]["status"] == "failed" and "moov atom" in ledger["vid_gone"]["reason"]
+    assert all(ledger[v]["status"] == "done" for v in DURATIONS)
+    metrics = json.loads((project / "metrics" / "features_clip.json").read_text())
+    assert metrics["failed"] == 2 and metrics["items"] == 4
+
+
+def test_lavila_windows_from_real_timestamps(project):
+    from models.encoders.timesformer import VideoEncoder
+    from vidmem.decode import frame_times, open_video, read_frames, video_end, window_frames
+
+    store = FeatureStore(project / "data" / "features" / "lavila.zarr")
+    assert store.attrs["window"] == 4.0 and store.attrs["frames"] == 4
+    video_enc = VideoEncoder.from_clip(load_encoder(project), num_frames=4).eval()
+    for vid, dur in DURATIONS.items():
+        n = math.ceil(dur / 4 - 1e-9)
+        np.testing.assert_allclose(store.get(vid, "times"), np.arange(n) * 4.0)
+        vr = open_video(project / "data" / "compressed" / f"{vid}.mp4")
+        _, idx = window_frames(frame_times(vr), video_end(vr), 4.0, 4)
+        assert idx.shape == (n, 4)
+        clips = read_frames(vr, idx.reshape(-1)).reshape(n, 4, *vr[0].shape)
+        with torch.no_grad():
+            ref = video_enc(video_enc.preprocess(torch.from_numpy(clips)))
+        np.testing.assert_allclose(store.get(vid).astype(np.float32), ref.numpy(), rtol=2e-3, atol=2e-3)
+
+
+def test_window_frames_sample_midpoints():
+    from vidmem.decode import window_frames
+
+    times = np.arange(30) / 3.0  # 10 s at 3 fps
+    starts, idx = window_frames(times, 10.0, 4.0, 4)
+    np.testing.assert_array_equal(starts, [0, 4, 8])
+    np.testing.assert_array_equal(idx[0], [1, 4, 7, 10])  # frames shown at 0.5, 1.5, 2.5, 3.5 s
+    assert idx[2].max() == 29  # the last window is clipped to the last frame
+
+
+def test_text_store(project):
+    store = FeatureStore(project / "data" / "features" / "text.zarr")
+    assert store.ids == ["a red circle moves left", "the blue square grows"]
+    encoder = load_encoder(project)
+    tokens = encoder.tokenize(store.ids)
+    with torch.no_grad():
+        ref = encoder.encode_text(tokens)
+        tok, eot = encoder.text_tokens(tokens)
+    for i, text in enumerate(store.ids):
+        np.testing.assert_allclose(store.get(text, "sentence")[0].astype(np.float32), ref[i].numpy(), rtol=2e-3, atol=2e-3)
+        n = int(store.get(text, "n_tokens")[0])
+        assert n == int(eot[i]) + 1
+        got = store.get(text, "tokens")[0].astype(np.float32)
+        np.testing.assert_allclose(got[:n], tok[i, :n].numpy(), rtol=2e-3, atol=2e-3)
+        assert not got[n:].any()
+
+
+def test_second_run_keeps_complete_store(project):
+    before = digest(project / "data" / "features" / "clip.zarr")
+    t = time.time()
+    run_stage(project, "clip")
+    assert digest(project / "data" / "features" / "clip.zarr") == before
+    assert time.time() - t < 60
+
+
+def test_kill_and_resume_is_byte_identical(tmp_path):
+    ref = make_project(tmp_path / "ref", batch_size=2, rows_per_chunk=4, extra_video_seconds=30)
+    run_stage(ref, "clip")
+    root = make_project(tmp_path / "killed", batch_size=2, rows_per_chunk=4, extra_video_seconds=30)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "VIDMEM_LOG": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "stages.extract", "clip"], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = root / "data" / "features" / "clip.zarr" / "progress.0.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if progress.exists() and len(progress.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "stage finished before it could be killed; make the work larger"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(progress.read_text().splitlines())
+    assert done >= 3
+    run_stage(root, "clip")
+    assert digest(root / "data" / "features" / "clip.zarr") == digest(ref / "data" / "features" / "clip.zarr")
+
+
+def test_torchrun_equals_single_process(project, tmp_path):
+    root = make_project(tmp_path / "dist")
+    proc = run_stage(root, "clip", torchrun=2)
+    assert proc.returncode == 0
+    assert digest(root / "data" / "features" / "clip.zarr") == digest(project / "data" / "features" / "clip.zarr")

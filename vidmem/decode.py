@@ -1,0 +1,110 @@
+"""Decoding compressed videos with decord, in bounded batches.
+
+Every consumer (feature extraction, CLIP tuning, benchmarks) decodes the same way: real frame timestamps from
+the container (never an assumed frame rate), frames fetched in batches of a fixed size so memory does not grow
+with video length, and a prefetch thread so decoding overlaps the model's forward pass.
+"""
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+
+class DecodeError(Exception):
+    """The video could not be opened or decoded (listed in the stage's ledger, never zero-filled)."""
+
+
+def open_video(path: str | Path):
+    """A decord VideoReader (single decode thread: stages run one process per core)."""
+    import decord
+
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise DecodeError(f"{path}: missing or empty file")
+    try:
+        vr = decord.VideoReader(str(path), num_threads=1)
+    except Exception as e:  # decord raises its own DECORDError / RuntimeError
+        raise DecodeError(f"{path}: cannot open: {str(e).splitlines()[0][:200]}") from None
+    if len(vr) == 0:
+        raise DecodeError(f"{path}: no video frames")
+    return vr
+
+
+def frame_times(vr) -> np.ndarray:
+    """Presentation start time (s) of every frame, from the container."""
+    ts = vr.get_frame_timestamp(np.arange(len(vr)))
+    return np.asarray(ts[:, 0], dtype=np.float64)
+
+
+def video_end(vr, times: np.ndarray | None = None) -> float:
+    """End time of the last frame (s)."""
+    ts = vr.get_frame_timestamp([len(vr) - 1])
+    return float(ts[0, 1])
+
+
+def window_frames(times: np.ndarray, end: float, window: float, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frames for consecutive windows [k·window, (k+1)·window) covering the video.
+
+    Each window is cut into `frames` equal parts and the frame shown at the middle of each part is taken (the
+    last frame whose timestamp is ≤ the midpoint) — sampling by real timestamps, whatever the frame rate.
+    Returns (window start times [W], frame indices [W, frames]).
+    """
+    n_windows = max(1, math.ceil(end / window - 1e-9))
+    starts = np.arange(n_windows, dtype=np.float64) * window
+    mids = starts[:, None] + (np.arange(frames) + 0.5)[None, :] * (window / frames)
+    idx = np.searchsorted(times, mids, side="right") - 1
+    return starts, np.clip(idx, 0, len(times) - 1)
+
+
+def read_frames(vr, indices: Sequence[int]) -> np.ndarray:
+    """uint8 frames [len(indices), H, W, 3] for the given indices (any order, repeats allowed)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    uniq, inverse = np.unique(indices, return_inverse=True)
+    try:
+        batch = vr.get_batch(uniq.tolist()).asnumpy()
+    except Exception as e:
+        raise DecodeError(f"decoding frames {uniq[0]}..{uniq[-1]} failed: {str(e).splitlines()[0][:200]}") from None
+    return batch[inverse]
+
+
+def batched(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for a in range(0, n, size):
+        yield a, min(a + size, n)
+
+
+def prefetch(produce: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Run an iterator in a background thread, `depth` items ahead (decord and torch release the GIL)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def worker() -> None:
+        try:
+            for item in produce:
+                q.put(item)
+        except BaseException as e:  # re-raised in the consumer
+            q.put(_Raised(e))
+        q.put(done)
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    while True:
+        item = q.get()
+        if item is done:
+            break
+        if isinstance(item, _Raised):
+            raise item.error
+        yield item
+    thread.join()
+
+
+class _Raised:
+    def __init__(self, error: BaseException):
+        self.error = error
