@@ -222,6 +222,13 @@ def _cupy_stream(device: torch.device):
         return cupy.cuda.ExternalStream(stream.cuda_stream, device.index)
 
 
+def kernel_arg(t: torch.Tensor) -> torch.Tensor:
+    """The tensor a kernel sees: detached (DLPack refuses tensors that require grad), contiguous."""
+    if not t.is_contiguous():
+        raise ValueError("kernel arguments must be contiguous tensors")
+    return t.detach()
+
+
 class CupyRunner:
     """Runs kernels on CUDA tensors through CuPy: lazy NVRTC compile, torch's stream, DLPack zero-copy."""
 
@@ -229,20 +236,23 @@ class CupyRunner:
     max_blocks = 65535
 
     def __init__(self) -> None:
-        self._modules: dict[tuple[str, str, int], object] = {}
+        self._functions: dict[tuple[str, str, int, str], object] = {}
         self._lock = threading.Lock()
 
     def _function(self, source: KernelSource, dtype: torch.dtype, kernel: str, device_index: int):
+        """The compiled kernel, compiled once per (source, dtype, device) on first use."""
         import cupy
 
-        key = (source.name, dtype_name(dtype), device_index)
-        with self._lock:
-            module = self._modules.get(key)
-            if module is None:
+        key = (source.name, dtype_name(dtype), device_index, kernel)
+        fn = self._functions.get(key)
+        if fn is None:
+            with self._lock:
                 log.debug("compiling %s for %s on cuda:%d", source.name, dtype, device_index)
                 module = cupy.RawModule(code=source.code(dtype), options=COMPILE_OPTIONS)
-                self._modules[key] = module
-        return module.get_function(kernel)
+                for name in source.kernels:
+                    self._functions[key[:3] + (name,)] = module.get_function(name)
+                fn = self._functions[key]
+        return fn
 
     def __call__(self, source: KernelSource, dtype: torch.dtype, kernel: str, grid: int, block: int,
                  args: Sequence[Arg]) -> None:
@@ -251,12 +261,12 @@ class CupyRunner:
 
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         device = tensors[0].device
-        for t in tensors:
-            if t.device != device or not t.is_contiguous():
-                raise ValueError(f"{kernel}: every tensor must be contiguous and on {device}")
+        if device.type != "cuda" or any(t.device != device for t in tensors):
+            raise ValueError(f"{kernel}: every tensor argument must be on one CUDA device")
         with cupy.cuda.Device(device.index), _cupy_stream(device):
             fn = self._function(source, dtype, kernel, device.index)
-            kargs = tuple(cupy.from_dlpack(a) if isinstance(a, torch.Tensor) else np.int64(a) for a in args)
+            kargs = tuple(cupy.from_dlpack(kernel_arg(a)) if isinstance(a, torch.Tensor) else np.int64(a)
+                          for a in args)
             fn((grid,), (block,), kargs)
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from ._cupy import Arg, KernelSource, acc_dtype, dtype_name, prelude
+from ._cupy import Arg, KernelSource, acc_dtype, dtype_name, kernel_arg, prelude
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,9 @@ class EmulatedRunner:
                 if a.dtype != want or a.device.type != "cpu" or not a.is_contiguous():
                     raise TypeError(f"{kernel}: parameter {p.name} wants a contiguous CPU {want} tensor, "
                                     f"got {a.dtype} on {a.device} (contiguous={a.is_contiguous()})")
-                cargs.append(ctypes.c_void_p(a.data_ptr()))
+                view = kernel_arg(a)
+                view.__dlpack__()  # what the GPU runner hands to CuPy must be exportable
+                cargs.append(ctypes.c_void_p(view.data_ptr()))
             else:
                 if isinstance(a, torch.Tensor) or not isinstance(a, int):
                     raise TypeError(f"{kernel}: parameter {p.name} is a {p.base}, got {type(a).__name__}")

@@ -275,11 +275,18 @@ def _finish(p: _Problem, bad: torch.Tensor, best_score: torch.Tensor, best_index
 
 # --------------------------------------------------------------------------------------------- reference
 def _tile_topk(s: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kk best columns of every row of ``s``; where the kk-th score ties, the lowest indices win."""
-    vals, idx = torch.topk(s, kk, dim=1)
-    kth = vals[:, -1:]
-    ambiguous = ((s >= kth).sum(dim=1) > kk).nonzero().flatten()
+    """The kk best columns of every row of ``s``; where the kk-th score ties, the lowest indices win.
+
+    torch.topk's choice among equal values is unspecified, so one extra column is fetched: only rows whose
+    (kk+1)-th score equals the kk-th can have a tie across the boundary, and only those are redone exactly.
+    """
+    if kk >= s.shape[1]:
+        return torch.topk(s, kk, dim=1)
+    vals, idx = torch.topk(s, kk + 1, dim=1)
+    ambiguous = (vals[:, kk] == vals[:, kk - 1]).nonzero().flatten()
+    vals, idx = vals[:, :kk].contiguous(), idx[:, :kk].contiguous()
     if ambiguous.numel():
+        kth = vals[:, -1:]
         sub, kth_a = s[ambiguous], kth[ambiguous]
         above = sub > kth_a
         tied = sub == kth_a

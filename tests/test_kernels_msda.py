@@ -321,7 +321,7 @@ def test_gpu_kernel_runs_on_current_stream():
     side = torch.cuda.Stream()
     with torch.cuda.stream(side):
         big = torch.randn(4096, 4096, device="cuda")
-        scaled = value * (big @ big).abs().clamp(max=0).add(1)  # = value, after a long matmul on `side`
+        scaled = value * (big @ big).abs().clamp(max=0).sum().add(1)  # = value, after a long matmul on `side`
         out = ms_deform_attn_kernel(scaled, shapes, starts, loc, attn, cupy_runner())
     side.synchronize()
     torch.testing.assert_close(out, ms_deform_attn_reference(value, shapes, starts, loc, attn),
