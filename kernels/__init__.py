@@ -5,6 +5,6 @@
 * :mod:`kernels.topk` — fused cosine similarity + top-k against a memory bank, with exclusions
   (``cosine_topk``).
 
-Each op takes CUDA tensors to its CuPy kernel (compiled by NVRTC at first use, no build step) and everything else
-to its reference, so model code imports one function per op and never cares about the device.
+Each op takes CUDA tensors to its CuPy kernel (compiled by NVRTC at first use, no build step) and everything
+else to its reference, so model code imports one function per op and never cares about the device.
 """

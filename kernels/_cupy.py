@@ -1,26 +1,26 @@
 """Shared plumbing for the CuPy raw kernels: dtype preludes, lazy NVRTC compilation, zero-copy launches.
 
-Why CuPy raw kernels: the original ops are a CUDA extension that needs a compile step and breaks on PyTorch 2 /
-CUDA 12. Ours are plain CUDA C++ strings that NVRTC compiles at first use (CuPy caches the binary in memory and on
-disk under ``CUPY_CACHE_DIR``), per (source, dtype, device).
+Why CuPy raw kernels: the original ops are a CUDA extension that needs a compile step and breaks on PyTorch 2
+/ CUDA 12. Ours are plain CUDA C++ strings that NVRTC compiles at first use (CuPy caches the binary in memory
+and on disk under ``CUPY_CACHE_DIR``), per (source, dtype, device).
 
 Conventions every kernel source follows, so the same text compiles for every dtype and can also run under the
 host emulation in :mod:`kernels._emulate`:
 
 * a per-dtype *prelude* (:func:`prelude`) defines ``scalar_t`` (storage type of values and outputs), ``acc_t``
-  (arithmetic type: ``double`` for float64, ``float`` otherwise), ``score_t`` (= ``acc_t``), ``load``/``store``
-  (convert storage <-> arithmetic), ``vm_floor`` and ``vm_neg_inf()``. float16/bfloat16 are stored as
-  ``unsigned short`` and converted in registers, so no CUDA header is needed;
+  (arithmetic type: ``double`` for float64, ``float`` otherwise), ``score_t`` (= ``acc_t``),
+  ``load``/``store`` (convert storage <-> arithmetic), ``vm_floor`` and ``vm_neg_inf()``. float16/bfloat16 are
+  stored as ``unsigned short`` and converted in registers, so no CUDA header is needed;
 * every kernel is ``extern "C" __global__``, uses only pointers and ``long long`` scalars as parameters (the
   launcher passes every Python int as int64) and walks its work with grid-stride loops, so any grid size is
   correct and the grid can be capped;
 * launches are 1-D: ``grid`` blocks of ``block`` threads (grid first, block second — the CuPy interoperability
   example swaps them, which breaks past 131,072 elements).
 
-:class:`CupyRunner` launches on torch's current stream and hands tensors to CuPy through DLPack (zero-copy: CuPy
-views torch's memory, torch's caching allocator keeps owning it). :func:`nvrtc_compile` calls NVRTC directly for an
-explicit architecture, which works without a GPU or driver — the tests use it to compile every source for sm_80
-and sm_90.
+:class:`CupyRunner` launches on torch's current stream and hands tensors to CuPy through DLPack (zero-copy:
+CuPy views torch's memory, torch's caching allocator keeps owning it). :func:`nvrtc_compile` calls NVRTC
+directly for an explicit architecture, which works without a GPU or driver — the tests use it to compile every
+source for sm_80 and sm_90.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ DTYPE_NAMES: dict[torch.dtype, str] = {
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The arithmetic dtype a kernel uses for storage dtype ``dtype`` (float64 stays float64, others float32)."""
+    """The arithmetic dtype for storage dtype ``dtype``: float64 stays float64, everything else is float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -72,13 +72,15 @@ __device__ __forceinline__ void store(scalar_t* p, long long i, acc_t v) { p[i] 
 _DOUBLE_PRELUDE = r"""
 typedef double scalar_t;
 typedef double acc_t;
-__device__ __forceinline__ acc_t vm_neg_inf() { return __longlong_as_double((long long)0xfff0000000000000ULL); }
+__device__ __forceinline__ acc_t vm_neg_inf() {
+  return __longlong_as_double((long long)0xfff0000000000000ULL);
+}
 __device__ __forceinline__ acc_t load(const scalar_t* p, long long i) { return p[i]; }
 __device__ __forceinline__ void store(scalar_t* p, long long i, acc_t v) { p[i] = v; }
 """
 
-# IEEE binary16 in an unsigned short. On the device the conversions are single PTX cvt instructions; the portable
-# branch (host emulation) does the same rounding (to nearest, ties to even) with integer arithmetic.
+# IEEE binary16 in an unsigned short. On the device the conversions are single PTX cvt instructions; the
+# portable branch (host emulation) does the same rounding (to nearest, ties to even) with integer arithmetic.
 _HALF_PRELUDE = r"""
 typedef unsigned short scalar_t;
 typedef float acc_t;
@@ -139,7 +141,8 @@ def dtype_name(dtype: torch.dtype) -> str:
     try:
         return DTYPE_NAMES[dtype]
     except KeyError:
-        raise TypeError(f"no kernel for dtype {dtype}; supported: {', '.join(map(str, DTYPE_NAMES))}") from None
+        supported = ", ".join(map(str, DTYPE_NAMES))
+        raise TypeError(f"no kernel for dtype {dtype}; supported: {supported}") from None
 
 
 def prelude(dtype: torch.dtype) -> str:
@@ -184,19 +187,6 @@ class Runner(Protocol):
 def grid_size(work: int, per_block: int, max_blocks: int) -> int:
     """Blocks for ``work`` items at ``per_block`` items per block, capped (kernels use grid-stride loops)."""
     return max(1, min(max_blocks, -(-work // per_block)))
-
-
-def require_tensor(name: str, t: torch.Tensor, dtype: torch.dtype | None = None,
-                   device: torch.device | None = None) -> None:
-    """Raise a clear error unless ``t`` is a contiguous tensor of the given dtype and device."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {dtype}, got {t.dtype}")
-    if device is not None and t.device != device:
-        raise ValueError(f"{name}: expected a tensor on {device}, got {t.device}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name}: expected a contiguous tensor")
 
 
 def cupy_usable() -> bool:
@@ -247,6 +237,8 @@ class CupyRunner:
         fn = self._functions.get(key)
         if fn is None:
             with self._lock:
+                if key in self._functions:  # another thread compiled it meanwhile
+                    return self._functions[key]
                 log.debug("compiling %s for %s on cuda:%d", source.name, dtype, device_index)
                 module = cupy.RawModule(code=source.code(dtype), options=COMPILE_OPTIONS)
                 for name in source.kernels:
@@ -299,7 +291,7 @@ def nvrtc_compile(code: str, arch: str, name: str = "kernel.cu",
 
 
 def nvrtc_info() -> dict[str, object]:
-    """Which NVRTC library CuPy loaded (path from the process map), its version and supported architectures."""
+    """Which NVRTC library CuPy loaded (path from the process map), its version and target architectures."""
     from cupy_backends.cuda.libs import nvrtc
 
     version = nvrtc.getVersion()  # loads the library

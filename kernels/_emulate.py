@@ -1,20 +1,20 @@
 """Run the CUDA kernel sources on the CPU: a small host emulation of CUDA's execution model.
 
 Why: CI and most development machines have no GPU, yet the kernels' index arithmetic, launch configuration,
-warp reductions, block-wide sorts and argument marshalling are exactly where bugs hide. This module compiles the
-*same* kernel text (the same prelude and body NVRTC gets) with the host C++ compiler, next to a header that
-provides what the kernels use from CUDA:
+warp reductions, block-wide sorts and argument marshalling are exactly where bugs hide. This module compiles
+the *same* kernel text (the same prelude and body NVRTC gets) with the host C++ compiler, next to a header
+that provides what the kernels use from CUDA:
 
-* ``threadIdx``/``blockIdx``/``blockDim``/``gridDim``; each block runs as ``blockDim.x`` OS threads (blocks one
-  after another, so ``__shared__`` becomes a function-level ``static`` shared by the block's threads);
-* ``__syncthreads`` and ``__syncthreads_count`` as a block barrier (a thread that returns drops out of it, as on
-  the GPU), ``__shfl_xor_sync`` through a per-warp barrier (all 32 lanes must take part, like a full mask);
+* ``threadIdx``/``blockIdx``/``blockDim``/``gridDim``; each block runs as ``blockDim.x`` OS threads (blocks
+  one after another, so ``__shared__`` becomes a function-level ``static`` shared by the block's threads);
+* ``__syncthreads`` and ``__syncthreads_count`` as a block barrier (a thread that returns drops out of it, as
+  on the GPU), ``__shfl_xor_sync`` through a per-warp barrier (all 32 lanes must take part, like a full mask);
 * ``atomicAdd`` under a mutex; the bit-cast intrinsics; the portable branch of the float16 conversions.
 
-The harness checks every argument against the kernel's parameter list (pointer vs ``long long``, and the pointee
-dtype), so a wrong argument order on the host side fails here instead of silently on a GPU. What it cannot show:
-GPU memory-model races that real threads here happen to serialise, resource limits (registers, shared memory per
-block), and CuPy's own marshalling. Needs a C++20 compiler (``g++``; override with ``CXX``).
+The harness checks every argument against the kernel's parameter list (pointer vs ``long long``, and the
+pointee dtype), so a wrong argument order on the host side fails here instead of silently on a GPU. What it
+cannot show: GPU memory-model races that real threads here happen to serialise, resource limits (registers,
+shared memory per block), and CuPy's own marshalling. Needs a C++20 compiler (``g++``; override with ``CXX``).
 """
 from __future__ import annotations
 

@@ -10,11 +10,11 @@
 * returns [N, Lq, M*D]: for every query and head, sum over levels and points of weight × bilinear sample.
 
 Sampling convention (the one the CUDA kernels of the originals and ``grid_sample(align_corners=False,
-padding_mode='zeros')`` share): pixel coordinates are h = y·H − 0.5, w = x·W − 0.5, so pixel centres sit at
-(i + 0.5)/W; each of the four bilinear corners outside the level reads **zero** (zero padding, on every path —
-PDVC's CPU fallback used border padding and disagreed with its kernel). Samples with h ≤ −1, h ≥ H, w ≤ −1 or
-w ≥ W contribute nothing and get zero gradient. The derivative at exact integer pixel coordinates is the one-sided
-(floor) derivative, like grid_sample's.
+padding_mode='zeros')`` share): pixel coordinates are h = y·H − 0.5, w = x·W − 0.5, so the centre of pixel i
+sits at x = (i + 0.5)/W; each of the four bilinear corners outside the level reads **zero** (zero padding, on
+every path — PDVC's CPU fallback used border padding and disagreed with its kernel). A sample with no corner
+inside (h ≤ −1, h ≥ H, w ≤ −1 or w ≥ W) contributes nothing and gets zero gradient. The derivative at exact
+integer pixel coordinates is the one-sided (floor) derivative, like grid_sample's.
 
 1-D (temporal) use: :func:`ms_deform_attn_1d` stacks (H=1, W=T_l) and (x=t, y=0.5): h = 0 exactly, so only the
 two horizontal neighbours of a 1-D sample are read. Times outside [0, 1] fade to zero over half a step.
@@ -24,17 +24,17 @@ Dtypes: value float32/float64/float16/bfloat16. Arithmetic is float64 for float6
 float32/float64 value; with a half-precision value they may be half or float32 and are used in float32. The
 output has the value's dtype, gradients the dtype of their input.
 
-Paths: CUDA tensors run the CuPy kernels (``_cupy``: NVRTC at first use, cached per dtype and device, launched on
-torch's current stream, zero-copy DLPack); everything else runs :func:`ms_deform_attn_reference` (per-level
-``grid_sample``, batched over all N — no batch-size restriction on either path), which is also the test oracle.
-``backend="torch"`` forces the reference, ``backend="cupy"`` the kernel. The CUDA path checks shapes and dtypes
-but, to avoid a host sync per call, not the *values* of spatial_shapes/level_start_index against S.
+Paths: CUDA tensors run the CuPy kernels (``_cupy``: NVRTC at first use, cached per dtype and device, launched
+on torch's current stream, zero-copy DLPack); everything else runs :func:`ms_deform_attn_reference` (per-level
+``grid_sample``, batched over all N — no batch-size restriction on either path), which is also the test
+oracle. ``backend="torch"`` forces the reference, ``backend="cupy"`` the kernel. The CUDA path checks shapes
+and dtypes but, to avoid a host sync per call, not the *values* of spatial_shapes/level_start_index against S.
 
 Kernels: forward = one thread per output element (n, q, m, d), grid-stride. Backward = one warp per (n, q, m):
 lanes stride over D (any D, including D not a power of two and D > 1024), ``atomicAdd`` into grad_value
 (accumulated in float for half-precision values; the summation order makes grad_value non-deterministic in its
-last bits), and grad_attn / grad_loc for each (level, point) reduced over D with warp shuffles and written once
-(deterministic). Double backward is not supported on the kernel path.
+last bits), and grad_attn / grad_loc for each (level, point) reduced over D with warp shuffles and written
+once (deterministic). Double backward is not supported on the kernel path.
 
 Measured: see ``python -m bench.kernels`` (numbers in ``bench/kernels.py``'s docstring).
 """
@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ._cupy import KernelSource, Runner, acc_dtype, cupy_runner, grid_size, require_tensor
+from ._cupy import KernelSource, Runner, acc_dtype, cupy_runner, grid_size
 
 log = logging.getLogger(__name__)
 
@@ -216,10 +216,12 @@ def _check_inputs(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start
         raise ValueError(f"ms_deform_attn: attention_weights must be [N, Lq, M, L, P] = "
                          f"{(N, Lq, M, L, P)}, got {tuple(attn.shape)}")
     if value.dtype not in _FLOATS + _HALVES:
-        raise TypeError(f"ms_deform_attn: value dtype {value.dtype} not supported (float32/64, float16, bfloat16)")
+        raise TypeError(f"ms_deform_attn: value dtype {value.dtype} not supported "
+                        f"(float32/64, float16, bfloat16)")
     for name, t in (("sampling_locations", loc), ("attention_weights", attn)):
         if value.dtype in _FLOATS and t.dtype != value.dtype:
-            raise TypeError(f"ms_deform_attn: {name} is {t.dtype} but value is {value.dtype}; they must match")
+            raise TypeError(f"ms_deform_attn: {name} is {t.dtype} but value is {value.dtype}; "
+                            f"they must match")
         if value.dtype in _HALVES and t.dtype not in (torch.float32, *_HALVES):
             raise TypeError(f"ms_deform_attn: {name} is {t.dtype}; with a {value.dtype} value use float32 "
                             f"or half precision")
@@ -239,8 +241,9 @@ def _check_levels(S: int, shapes: list[list[int]], starts: list[int]) -> None:
 
 
 # --------------------------------------------------------------------------------------------- reference
-def ms_deform_attn_reference(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
-                             sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
+def ms_deform_attn_reference(value: torch.Tensor, spatial_shapes: torch.Tensor,
+                             level_start_index: torch.Tensor, sampling_locations: torch.Tensor,
+                             attention_weights: torch.Tensor) -> torch.Tensor:
     """Pure-torch MSDA via per-level ``grid_sample`` (bilinear, zeros, align_corners=False); differentiable.
 
     The CPU path and the oracle for the kernels. Half-precision values are computed in float32 and the result
@@ -260,7 +263,8 @@ def ms_deform_attn_reference(value: torch.Tensor, spatial_shapes: torch.Tensor, 
     for level, ((H, W), start) in enumerate(zip(shapes, starts)):
         v = v_all[:, start:start + H * W].permute(0, 2, 3, 1).reshape(N * M, D, H, W)
         g = grid[:, :, :, level].permute(0, 2, 1, 3, 4).reshape(N * M, Lq, P, 2)
-        sampled = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)  # [NM,D,Lq,P]
+        # [N*M, D, Lq, P]
+        sampled = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)
         w = weights[:, :, :, level].permute(0, 2, 1, 3).reshape(N * M, 1, Lq, P)
         out = out + (sampled * w).sum(-1)
     return out.view(N, M, D, Lq).permute(0, 3, 1, 2).reshape(N, Lq, M * D).to(value.dtype)
@@ -303,7 +307,8 @@ def _launch_backward(run: Runner, value, shapes, starts, loc, attn, grad_out):
         if block % 32:
             raise ValueError("msda_backward needs a block size that is a multiple of 32")
         run(SOURCE, value.dtype, "msda_backward", grid_size(groups, block // 32, run.max_blocks), block,
-            (value, shapes, starts, loc, attn, grad_out, grad_value, grad_loc, grad_attn, N, S, M, D, Lq, L, P))
+            (value, shapes, starts, loc, attn, grad_out, grad_value, grad_loc, grad_attn,
+             N, S, M, D, Lq, L, P))
     return grad_value, grad_loc, grad_attn
 
 
@@ -312,7 +317,8 @@ class MSDeformAttnFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, runner):
-        inputs = _kernel_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        inputs = _kernel_inputs(value, spatial_shapes, level_start_index, sampling_locations,
+                                attention_weights)
         ctx.save_for_backward(*inputs)
         ctx.runner = runner
         ctx.grad_dtypes = (value.dtype, sampling_locations.dtype, attention_weights.dtype)
@@ -344,7 +350,7 @@ def ms_deform_attn_kernel(value: torch.Tensor, spatial_shapes: torch.Tensor, lev
 def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
                    sampling_locations: torch.Tensor, attention_weights: torch.Tensor,
                    backend: Backend = "auto") -> torch.Tensor:
-    """Multi-scale deformable attention, [N, Lq, M*D]; the CuPy kernel for CUDA tensors, the reference otherwise."""
+    """Multi-scale deformable attention → [N, Lq, M*D]: CuPy kernel for CUDA tensors, else the reference."""
     if backend not in ("auto", "cupy", "torch"):
         raise ValueError(f"ms_deform_attn: backend must be 'auto', 'cupy' or 'torch', got {backend!r}")
     use_kernel = backend == "cupy" or (backend == "auto" and value.is_cuda)
@@ -353,8 +359,8 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor, level_star
                                         attention_weights)
     if not value.is_cuda:
         raise ValueError("ms_deform_attn: backend='cupy' needs CUDA tensors")
-    return ms_deform_attn_kernel(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                                 cupy_runner())
+    return ms_deform_attn_kernel(value, spatial_shapes, level_start_index, sampling_locations,
+                                 attention_weights, cupy_runner())
 
 
 def stack_1d(lengths: torch.Tensor, locations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -362,14 +368,16 @@ def stack_1d(lengths: torch.Tensor, locations: torch.Tensor) -> tuple[torch.Tens
     if lengths.dim() != 1:
         raise ValueError(f"ms_deform_attn_1d: lengths must be [L], got {tuple(lengths.shape)}")
     if locations.dim() != 5:
-        raise ValueError(f"ms_deform_attn_1d: locations must be [N, Lq, M, L, P], got {tuple(locations.shape)}")
+        raise ValueError(f"ms_deform_attn_1d: locations must be [N, Lq, M, L, P], "
+                         f"got {tuple(locations.shape)}")
     shapes = torch.stack([torch.ones_like(lengths), lengths], dim=1)
     loc2 = torch.stack([locations, torch.full_like(locations, 0.5)], dim=-1)
     return shapes, loc2
 
 
 def ms_deform_attn_1d(value: torch.Tensor, lengths: torch.Tensor, level_start_index: torch.Tensor,
-                      locations: torch.Tensor, weights: torch.Tensor, backend: Backend = "auto") -> torch.Tensor:
+                      locations: torch.Tensor, weights: torch.Tensor,
+                      backend: Backend = "auto") -> torch.Tensor:
     """Temporal MSDA: value [N, S, M, D] with L levels of lengths T_l, locations/weights [N, Lq, M, L, P].
 
     A location t in [0, 1] samples between frames with centres at (i + 0.5)/T_l; zero outside the sequence.

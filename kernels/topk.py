@@ -1,7 +1,7 @@
 """Fused cosine similarity + top-k of queries against a memory bank, tiled so [Q, N] never exists.
 
-``cosine_topk(queries [Q, D], bank [N, D], k, query_group=None, bank_group=None, exclude=None, tile=None)``
-→ ``(scores [Q, k], indices [Q, k] int64)``, best first.
+``cosine_topk(queries [Q, D], bank [N, D], k, query_group=None, bank_group=None, exclude=None, tile=None)`` →
+``(scores [Q, k], indices [Q, k] int64)``, best first.
 
 Conventions:
 
@@ -11,23 +11,24 @@ Conventions:
 * order: higher score first; **equal scores go to the lower bank index first**. The selected set and its order
   are therefore a deterministic function of the scores on every path (the CPU reference fixes torch.topk's
   unspecified tie order);
-* exclusions (dense captioning must not retrieve a video's own sentences in training): with ``query_group`` [Q]
-  and ``bank_group`` [N] (integer ids), bank row j is excluded for query i where the ids are equal; ``exclude``
-  adds explicit pairs — a [Q, E] integer tensor padded with -1, or a list of Q lists of bank indices;
+* exclusions (dense captioning must not retrieve a video's own sentences in training): with ``query_group``
+  [Q] and ``bank_group`` [N] (integer ids), bank row j is excluded for query i where the ids are equal;
+  ``exclude`` adds explicit pairs — a [Q, E] integer tensor padded with -1, or a list of Q lists of bank
+  indices;
 * a query with fewer than k eligible rows is an error (nothing is padded or silently dropped), as are NaN/inf
   inputs, k outside 1..N, and mismatched shapes.
 
-Memory: the bank is walked in tiles of ``tile`` rows (default: about 2^24 scores per tile on CPU, 2^26 on GPU),
-so peak extra memory is Q × tile scores plus the running [Q, k] result, for any N.
+Memory: the bank is walked in tiles of ``tile`` rows (default: about 2^24 scores per tile on CPU, 2^26 on
+GPU), so peak extra memory is Q × tile scores plus the running [Q, k] result, for any N.
 
-Paths: CUDA tensors with k ≤ 1024 use the CuPy kernel: per tile, cuBLAS computes the raw inner products of
-the normalised queries with the tile (``torch.mm`` into a reused buffer), then ``topk_merge_tile`` (one block per
+Paths: CUDA tensors with k ≤ 1024 use the CuPy kernel: per tile, cuBLAS computes the raw inner products of the
+normalised queries with the tile (``torch.mm`` into a reused buffer), then ``topk_merge_tile`` (one block per
 query row) scales by the bank inverse norms, applies the group exclusion, and merges the tile into the row's
-running top-k: it keeps the current k-th best as a threshold, appends only entries that beat it to a shared-memory
-candidate buffer, and when the buffer fills, bitonic-sorts running best + candidates (2048 slots) by (score desc,
-index asc). Few entries beat a warm threshold, so after the first tile the kernel is a single read of the scores.
-Everything else (CPU, or k > 1024) uses :func:`cosine_topk_reference`: the same tiles with
-``torch.topk`` and an exact (score, index) merge.
+running top-k: it keeps the current k-th best as a threshold, appends only entries that beat it to a
+shared-memory candidate buffer, and when the buffer fills, bitonic-sorts running best + candidates (2048
+slots) by (score desc, index asc). Few entries beat a warm threshold, so after the first tile the kernel is a
+single read of the scores. Everything else (CPU, or k > 1024) uses :func:`cosine_topk_reference`: the same
+tiles with ``torch.topk`` and an exact (score, index) merge.
 
 Measured: see ``python -m bench.kernels`` (numbers in ``bench/kernels.py``'s docstring).
 """
@@ -81,7 +82,10 @@ __device__ void block_sort(score_t* ss, long long* si, int n) {
 
 // Merge the `filled` candidates after slot k2 into the running best [0, k2) and empty the buffer.
 __device__ void merge_candidates(score_t* ss, long long* si, int k2, int filled, int* count) {
-  for (int i = k2 + filled + threadIdx.x; i < kTopkSlots; i += blockDim.x) { ss[i] = vm_neg_inf(); si[i] = -1; }
+  for (int i = k2 + filled + threadIdx.x; i < kTopkSlots; i += blockDim.x) {
+    ss[i] = vm_neg_inf();
+    si[i] = -1;
+  }
   block_sort(ss, si, kTopkSlots);
   if (threadIdx.x == 0) *count = 0;
   __syncthreads();
@@ -121,7 +125,8 @@ extern "C" __global__ void topk_merge_tile(
       score_t s = 0;
       if (j < cols) {
         s = drow[j] * inv_norm[gj];
-        take = s > vm_neg_inf() && !(use_groups && bank_group[gj] == group) && better(s, gj, th_score, th_index);
+        const bool excluded = !(s > vm_neg_inf()) || (use_groups && bank_group[gj] == group);
+        take = !excluded && better(s, gj, th_score, th_index);
       }
       if (take) {
         const int pos = atomicAdd(&count, 1);
@@ -184,7 +189,8 @@ def _as_index(name: str, t: torch.Tensor, shape: tuple[int, ...], device: torch.
     return t.to(device=device, dtype=torch.int64).contiguous()
 
 
-def _exclusion_pairs(exclude, Q: int, N: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _exclusion_pairs(exclude, Q: int, N: int,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(query rows, bank indices) of the explicit exclusions, sorted by bank index; -1 entries are padding."""
     if exclude is None:
         return None
@@ -208,7 +214,8 @@ def _exclusion_pairs(exclude, Q: int, N: int, device: torch.device) -> tuple[tor
     bad = (ex < -1) | (ex >= N)
     if bad.any():
         q, e = bad.nonzero()[0].tolist()
-        raise ValueError(f"cosine_topk: exclude[{q}][{e}] = {ex[q, e].item()} is not a bank index in 0..{N - 1}")
+        raise ValueError(f"cosine_topk: exclude[{q}][{e}] = {ex[q, e].item()} is not a bank index "
+                         f"in 0..{N - 1}")
     rows, slot = (ex >= 0).nonzero(as_tuple=True)
     cols = ex[rows, slot]
     order = torch.argsort(cols, stable=True)
@@ -234,7 +241,8 @@ def _prepare(queries, bank, k, query_group, bank_group, exclude) -> _Problem:
     norms = torch.linalg.vector_norm(q, dim=1)
     bad = ~torch.isfinite(norms)
     if bad.any():
-        raise ValueError(f"cosine_topk: query {int(bad.nonzero()[0])} has NaN/inf values (or its norm overflows)")
+        raise ValueError(f"cosine_topk: query {int(bad.nonzero()[0])} has NaN/inf values "
+                         f"(or its norm overflows)")
     qn = (q / norms.clamp_min(_EPS)[:, None]).contiguous()
     dev = queries.device
     qg = _as_index("query_group", query_group, (Q,), dev) if query_group is not None else None
@@ -264,12 +272,14 @@ def _bank_tile(p: _Problem, start: int, stop: int, bad: torch.Tensor) -> tuple[t
 def _finish(p: _Problem, bad: torch.Tensor, best_score: torch.Tensor, best_index: torch.Tensor):
     """Errors that need the whole bank: non-finite rows, queries with fewer than k eligible rows."""
     if bad.any():
-        raise ValueError(f"cosine_topk: bank row {int(bad.nonzero()[0])} has NaN/inf values (or its norm overflows)")
+        raise ValueError(f"cosine_topk: bank row {int(bad.nonzero()[0])} has NaN/inf values "
+                         f"(or its norm overflows)")
     short = (best_index < 0).any(dim=1)
     if short.any():
         q = int(short.nonzero()[0])
         have = int((best_index[q] >= 0).sum())
-        raise ValueError(f"cosine_topk: query {q} has only {have} eligible bank rows after exclusions, k={p.k}")
+        raise ValueError(f"cosine_topk: query {q} has only {have} eligible bank rows after exclusions, "
+                         f"k={p.k}")
     return best_score, best_index
 
 
@@ -335,7 +345,7 @@ def _reference(p: _Problem, tile: int):
 def cosine_topk_reference(queries: torch.Tensor, bank: torch.Tensor, k: int,
                           query_group: torch.Tensor | None = None, bank_group: torch.Tensor | None = None,
                           exclude=None, tile: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tiled normalised matmul + torch.topk with an exact (score desc, index asc) merge: the CPU path and oracle."""
+    """Tiled normalised matmul + torch.topk, merged exactly by (score desc, index asc): the CPU path."""
     p = _prepare(queries, bank, k, query_group, bank_group, exclude)
     return _reference(p, tile or _default_tile(p.Q, p.N, queries.device))
 

@@ -8,17 +8,20 @@ import torch
 from kernels import _emulate
 from kernels._cupy import TEST_ARCHS, KernelSource, nvrtc_compile
 
-needs_cxx = pytest.mark.skipif(_emulate.compiler() is None, reason="no C++ compiler for the CUDA host emulation")
+needs_cxx = pytest.mark.skipif(_emulate.compiler() is None,
+                               reason="no C++ compiler for the CUDA host emulation")
 
 CONVERT = KernelSource(
     name="convert",
     body=r"""
 extern "C" __global__ void widen(const scalar_t* __restrict__ x, acc_t* __restrict__ y, long long n) {
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+  const long long step = (long long)gridDim.x * blockDim.x;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step)
     y[i] = load(x, i);
 }
 extern "C" __global__ void narrow(const acc_t* __restrict__ x, scalar_t* __restrict__ y, long long n) {
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+  const long long step = (long long)gridDim.x * blockDim.x;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step)
     store(y, i, x[i]);
 }
 """,

@@ -11,14 +11,14 @@ import torch
 
 from kernels import _emulate
 from kernels.msda import (
-    SOURCE,
     ms_deform_attn,
     ms_deform_attn_1d,
     ms_deform_attn_kernel,
     ms_deform_attn_reference,
 )
 
-needs_cxx = pytest.mark.skipif(_emulate.compiler() is None, reason="no C++ compiler for the CUDA host emulation")
+needs_cxx = pytest.mark.skipif(_emulate.compiler() is None,
+                               reason="no C++ compiler for the CUDA host emulation")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -38,7 +38,7 @@ def make_case(N, M, D, Lq, P, shapes, dtype=torch.float64, seed=0, lo=-0.3, hi=1
 
 
 def naive_msda(value, shapes, starts, loc, attn) -> np.ndarray:
-    """Explicit per-sample bilinear interpolation with tent weights (1-|dx|)(1-|dy|), zero outside the level."""
+    """Explicit per-sample bilinear interpolation, tent weights (1-|dx|)(1-|dy|), zero outside the level."""
     v = value.double().cpu().numpy()
     lc = loc.double().cpu().numpy()
     at = attn.double().cpu().numpy()
@@ -98,7 +98,7 @@ def test_reference_matches_naive_loop(name):
 
 
 def test_reference_zero_padding_by_hand():
-    """Hand-computed: with a level of ones, half a pixel past either edge reads 0.5 (zero padding, not border)."""
+    """By hand: on a level of ones, half a pixel past either edge reads 0.5 (zero padding, not border)."""
     value = torch.ones(1, 4, 1, 1, dtype=torch.float64)  # one 1x4 level
     shapes, starts = torch.tensor([[1, 4]]), torch.tensor([0])
     xs = torch.tensor([0.0, 0.125, 0.5, 1.0, -0.125, 1.125, 1.25], dtype=torch.float64)
@@ -110,7 +110,7 @@ def test_reference_zero_padding_by_hand():
 
 
 def test_reference_samples_exact_pixels():
-    """At pixel centres the op returns the stored value itself (checks layout: row-major levels, x = column)."""
+    """At pixel centres the op returns the stored value (checks the layout: row-major levels, x = column)."""
     N, M, D = 1, 2, 3
     shapes = [(2, 3), (1, 2)]
     value, shapes_t, starts, _, _ = make_case(N, M, D, 1, 1, shapes)
@@ -155,7 +155,8 @@ def test_1d_gradcheck_float64():
     loc = (torch.rand(1, 2, 2, 2, 2, generator=g, dtype=torch.float64) * 1.2 - 0.1).requires_grad_()
     attn = torch.rand(1, 2, 2, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda v, lc, a: ms_deform_attn_1d(v, lengths, starts, lc, a), (value, loc, attn), eps=1e-6, atol=1e-5)
+        lambda v, lc, a: ms_deform_attn_1d(v, lengths, starts, lc, a), (value, loc, attn),
+        eps=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -196,7 +197,7 @@ def test_bad_inputs_raise_clear_errors(mutate, message):
 
 # ------------------------------------------------------------------------------ kernels under emulation
 def run_both(args, runner, grad_seed=1):
-    """Kernel (through ``runner``) and reference outputs and input gradients for the same upstream gradient."""
+    """Kernel (through ``runner``) and reference: outputs and input gradients for one upstream gradient."""
     results = []
     for fn in (lambda *a: ms_deform_attn_kernel(*a, runner), ms_deform_attn_reference):
         value, shapes, starts, loc, attn = (t.detach().clone() for t in args)

@@ -22,7 +22,7 @@ def test_nvrtc_library_is_loaded():
     info = nvrtc_info()  # raises if CuPy's NVRTC binding or the library is missing
     log.info("NVRTC %s.%s from %s", *info["version"], info["path"])
     assert info["path"], "could not tell which libnvrtc CuPy loaded"
-    assert {80, 90} <= set(info["archs"]), f"NVRTC {info['version']} cannot target sm_80/sm_90: {info['archs']}"
+    assert {80, 90} <= set(info["archs"]), f"NVRTC {info['version']} cannot target sm_80/90: {info['archs']}"
 
 
 @pytest.mark.parametrize("source, dtype, arch", COMBOS,

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from kernels import _emulate
 from kernels.topk import MAX_KERNEL_K, cosine_topk, cosine_topk_kernel, cosine_topk_reference
 
-needs_cxx = pytest.mark.skipif(_emulate.compiler() is None, reason="no C++ compiler for the CUDA host emulation")
+needs_cxx = pytest.mark.skipif(_emulate.compiler() is None,
+                               reason="no C++ compiler for the CUDA host emulation")
 
 
 def brute_force(queries, bank, k, query_group=None, bank_group=None, exclude=()):
@@ -77,7 +78,8 @@ def test_group_and_explicit_exclusions():
     exclude = [[1, 2, 3], [], [119, 0, 0], [4], []]
     want_s, want_i = brute_force(queries, bank, 15, query_group, bank_group, exclude)
     for tile in (None, 11, 50):
-        scores, indices = cosine_topk_reference(queries, bank, 15, query_group, bank_group, exclude, tile=tile)
+        scores, indices = cosine_topk_reference(queries, bank, 15, query_group, bank_group, exclude,
+                                                tile=tile)
         assert torch.equal(indices, want_i)
         torch.testing.assert_close(scores, want_s, rtol=0, atol=1e-12)
     # The same exclusions as a padded tensor.
