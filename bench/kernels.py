@@ -9,23 +9,7 @@
 
 Ratios are baseline time / our time (> 1: ours is faster). Without CUDA the GPU rows print "skipped: no CUDA".
 
-Measured on the development machine (2 CPU cores, no GPU; torch 2.14.1, faiss-cpu 1.15.1), ``--repeat 3``:
-
-    msda reference (CPU, float32), ms         forward   fwd+bwd
-      1-D PDVC N=1 Lq=10                         0.51      1.39
-      1-D PDVC N=1 Lq=100                        1.02      3.59
-      1-D PDVC N=8 Lq=10                         1.23      3.34
-      1-D PDVC N=8 Lq=100                        5.87     20.0
-      2-D DETR N=1 Lq=300                        2.05      6.99
-      2-D DETR N=1 Lq=1000                       5.46     17.0
-      2-D DETR N=2 Lq=10000                    116       368
-
-    cosine top-k (CPU, float32, k=100)        ours ms   faiss ms   faiss/ours   overlap
-      Q=1000 N=100k D=512                        1093       1236        1.13     1.0000
-      Q=1000 N=100k D=768                        1464       1661        1.13     1.0000
-      Q=1000 N=1M   D=768 (--large)             15054      17222        1.14     1.0000
-
-GPU rows: not measured (no GPU was available while writing this).
+Measured numbers: see the table below this line once recorded (CPU only so far; no GPU was available).
 """
 from __future__ import annotations
 
