@@ -98,6 +98,8 @@ def test_from_manifest_uses_the_first_annotator_sorted_by_time():
     val = DenseCaptionDataset.from_manifest(m, "val", _features({"a": 20, "b": 16, "c": 12}))
     assert [(v.video_id, v.events) for v in val.videos] == [("b", [(0.0, 2.0)])]
     assert train.event_counts() == [2]
+    every = DenseCaptionDataset.from_manifest(m, "val", _features({"b": 16, "c": 12}), annotator=None)
+    assert [(v.video_id, v.events) for v in every.videos] == [("b", [(0.0, 2.0)]), ("c", [(1.0, 2.0)])]
 
 
 def test_missing_features_and_bad_events_are_one_line_errors(caplog):

@@ -180,12 +180,15 @@ class DenseCaptionDataset(Dataset):
         split: str,
         features: FeatureSource,
         vocab: Vocab | None = None,
-        annotator: int = 0,
+        annotator: int | None = 0,
         max_words: int = 30,
         resample_len: int = 0,
         on_missing: str = "error",
     ) -> DenseCaptionDataset:
         """Videos of `split` that have events of `annotator` (a `vidmem.manifest.Manifest`).
+
+        annotator=None: every video of the split with events of any reference file (to predict on all of
+        them); its targets are those of its lowest-numbered reference file.
 
         on_missing: 'error' (default) or 'skip' — skip, with a warning naming each, videos without features.
         """
@@ -195,7 +198,8 @@ class DenseCaptionDataset(Dataset):
         index = manifest.video_index()
         videos = []
         for vid, rows in manifest.by_video(manifest.events, split).items():
-            rows = [r for r in rows if r.annotator == annotator]
+            first = min(r.annotator for r in rows) if annotator is None else annotator
+            rows = [r for r in rows if r.annotator == first]
             if not rows:
                 continue
             if vid not in index or index[vid].duration is None:
