@@ -41,7 +41,8 @@ TINY = {
 }
 TRAIN_VAL_FILES = [
     "activitynet/train.json", "activitynet/val.json", "charades_sta/charades_sta_train.txt",
-    "charades_sta/charades_sta_val.txt", "charades_sta/Charades_v1_train.csv", "charades_sta/Charades_v1_val.csv",
+    "charades_sta/charades_sta_val.txt", "charades_sta/Charades_v1_train.csv",
+    "charades_sta/Charades_v1_val.csv",
     "mmn/train.json", "mmn/val.json", "activitynet_speech/train.json", "activitynet_speech/val.json",
     "msrvtt/MSRVTT_JSFUSION_val.csv", "ego4d_hcap/videos_train.json", "ego4d_hcap/videos_val.json",
     "msrvtt_qa/train.jsonl", "msrvtt_qa/val.jsonl",
@@ -66,7 +67,8 @@ def runs(tmp_path_factory):
     work = tmp_path_factory.mktemp("stage")
     (work / "params.yaml").write_text(yaml.safe_dump({"synth": TINY}))
     env = dict(os.environ, PYTHONPATH=str(REPO), VIDMEM_LOG="WARNING")
-    r = subprocess.run([sys.executable, "-m", "stages.synth"], cwd=work, env=env, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "stages.synth"], cwd=work, env=env, capture_output=True,
+                       text=True)
     assert r.returncode == 0, r.stderr
     metrics = json.loads((work / "metrics/synth.json").read_text())
     again = tmp_path_factory.mktemp("inproc") / "synth"
@@ -90,7 +92,7 @@ def decode(path: Path) -> np.ndarray:
     return vr.get_batch(list(range(len(vr)))).asnumpy()
 
 
-# ---------------------------------------------------------------------------------------------------- determinism
+# ---------------------------------------------------------------------------------------------- determinism
 def test_two_runs_are_byte_identical(runs):
     a, b, _ = runs
     fa, fb = files(a), files(b)
@@ -110,7 +112,8 @@ def test_decoded_frames_repeat_and_match_the_spec(runs, ds):
 def test_metrics(runs, ds):
     _, _, m = runs
     assert m["train"]["videos_short"] == 6 and m["test"]["videos_long"] == 1
-    assert m["train"]["events"] == sum(len(s.events) for s, _ in ds.items if s.split == "train" and not s.long)
+    train_short = [s for s, _ in ds.items if s.split == "train" and not s.long]
+    assert m["train"]["events"] == sum(len(s.events) for s in train_short)
     assert m["test"]["clip_captions"] > 0 and m["test"]["summaries"] == 1
     assert 50 < m["vocab_size"] < 400
     assert m["total_seconds"] == pytest.approx(sum(s.duration for s, _ in ds.items), abs=1e-3)
@@ -265,7 +268,9 @@ def test_heldout_phrasings_only_in_test(runs):
         assert hit is None or split[s["video_id"]] == "test", s
     for name in ("clips_train.pkl", "segments_train.pkl"):
         assert contains_marker(repr(load_pickle(root / "ego4d_hcap" / name)), markers) is None
-    for name in ("activitynet/val_1.json", "mmn/test.json", "ego4d_hcap/videos_test.json", "msrvtt_qa/test.jsonl"):
+    test_files = ("activitynet/val_1.json", "mmn/test.json", "ego4d_hcap/videos_test.json",
+                  "msrvtt_qa/test.jsonl")
+    for name in test_files:
         seen += [m for m in markers if contains_marker((root / name).read_text(), [m])]
     assert len(set(seen)) >= 5, "the test split uses held-out phrasings"
 
@@ -353,6 +358,8 @@ def test_frames_show_the_events(runs, ds):
     ({"short": {"duration": [30, 10]}}, "synth.short.duration must satisfy"),
     ({"colour": "red"}, "synth: unknown key(s) ['colour']"),
     ({"text": {"heldout_prob": 2}}, "synth.text.heldout_prob must be in [0.0, 1.0]"),
+    ({"video": {"preset": "quick"}}, "synth.video.preset: 'quick' is not a libx264 preset"),
+    ({"events": {"duration": [8, 12]}}, "synth.short.duration starts at 8.0 s, shorter than one event"),
 ])
 def test_bad_params_name_the_key(patch, message):
     with pytest.raises(UserError, match=re.escape(message)):
@@ -360,7 +367,8 @@ def test_bad_params_name_the_key(patch, message):
 
 
 def test_stage_reports_bad_params_in_one_line(tmp_path):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"synth": {**TINY, "speech": {"voices": ["xx-nope"]}}}))
+    bad = {**TINY, "speech": {"voices": ["xx-nope"]}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"synth": bad}))
     env = dict(os.environ, PYTHONPATH=str(REPO))
     r = subprocess.run([sys.executable, "-m", "stages.synth"], cwd=tmp_path, env=env, capture_output=True,
                        text=True)
@@ -386,8 +394,9 @@ def test_hour_long_video_streams(tmp_path):
 
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     assert peak_mb < 1500, peak_mb
+    video = tmp_path / "data/raw/synth/videos/syn_l0000.mp4"
     out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
-                          str(tmp_path / "data/raw/synth/videos/syn_l0000.mp4")], capture_output=True, text=True)
+                          str(video)], capture_output=True, text=True)
     assert float(out.stdout) == pytest.approx(3600, abs=0.2)
     videos = json.loads((tmp_path / "data/raw/synth/annotations/ego4d_hcap/videos_test.json").read_text())
     assert len(videos) == 1 and len(videos[0]["segment_descriptions"]) == 60

@@ -1,10 +1,10 @@
 """All the text of one video, at every level the method families need, derived from its `VideoSpec`.
 
 Short videos: dense event captions (one per event; two annotators for test videos), grounding queries (one per
-event, with an espeak-ng voice each), whole-video retrieval captions and QA pairs. Long videos: a caption every
-`clip_sec` seconds, a description of every `segment_sec` window and one summary, plus paraphrased "predicted"
-versions of the clip captions and segment descriptions (the `*_pred` fields of Ego4D-HCap). Only the test split
-draws held-out phrasings.
+event, with an espeak-ng voice each), whole-video retrieval captions and QA pairs. Long videos: a caption
+every `clip_sec` seconds, a description of every `segment_sec` window and one summary, plus paraphrased
+"predicted" versions of the clip captions and segment descriptions (the `*_pred` fields of Ego4D-HCap).
+Only the test split draws held-out phrasings.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from vidmem.synth.config import SynthConfig
 from vidmem.synth.grammar import (
-    ACTION_ANSWER, ACTIVITY, ANSWER_TYPE, CAPTION, CLIP_EMPTY, CLIP_NONE, CLIP_TWO, DIRECTION, QUERY, QUESTIONS,
-    SEGMENT_NONE, SEGMENT_PREFIX, SUMMARY_OBJECT, SUMMARY_OPEN, VIDEO_CAPTION, BACKDROP, Phraser, capitalise,
-    join_list,
+    ACTION_ANSWER, ACTIVITY, ANSWER_TYPE, BACKDROP, CAPTION, CLIP_EMPTY, CLIP_NONE, CLIP_TWO, DIRECTION,
+    QUERY, QUESTIONS, SEGMENT_NONE, SEGMENT_PREFIX, SUMMARY_OBJECT, SUMMARY_OPEN, VIDEO_CAPTION, Phraser,
+    capitalise, join_list,
 )
 from vidmem.synth.motion import Timeline
 from vidmem.synth.scene import Event, VideoSpec, video_rng
@@ -66,7 +66,8 @@ def annotate(cfg: SynthConfig, spec: VideoSpec) -> VideoText:
         text.captions.append(_differently(lambda: event_captions(ph, spec), first))
     text.queries = [query(ph, spec, e) for e in spec.events]
     voice_rng = video_rng(cfg.seed, spec.long, spec.index, 3)
-    text.voices = [str(cfg.speech.voices[int(voice_rng.integers(len(cfg.speech.voices)))]) for _ in spec.events]
+    voices = cfg.speech.voices
+    text.voices = [str(voices[int(voice_rng.integers(len(voices)))]) for _ in spec.events]
     text.retrieval = retrieval_captions(ph, spec, cfg.text.captions_per_video)
     text.qa = questions(ph, spec, cfg.text.qa_per_video)
     return text

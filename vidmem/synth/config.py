@@ -12,6 +12,9 @@ from vidmem.synth.palette import BACKGROUNDS, COLOURS
 from vidmem.synth.shapes import SHAPES
 
 SPLITS = ("train", "val", "test")
+X264_PRESETS = (
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+)
 EVENT_KINDS = (
     "move_left", "move_right", "move_up", "move_down", "grow", "shrink",
     "spin", "bounce", "recolour", "appear", "disappear", "still",
@@ -127,8 +130,8 @@ class SynthConfig:
             )
         if len(self.scene.shapes) < self.scene.objects[1]:
             raise UserError(
-                f"params.yaml: synth.scene.shapes lists {len(self.scene.shapes)} shapes; at least objects max = "
-                f"{self.scene.objects[1]} are needed (shapes are unique per video)"
+                f"params.yaml: synth.scene.shapes lists {len(self.scene.shapes)} shapes; at least objects "
+                f"max = {self.scene.objects[1]} are needed (shapes are unique per video)"
             )
 
 
@@ -240,6 +243,9 @@ def _video(r: _Reader) -> VideoConfig:
         crf=r.int("crf", d.crf, lo=0),
         preset=r.str("preset", d.preset),
     )
+    if cfg.preset not in X264_PRESETS:
+        raise UserError(f"params.yaml: synth.video.preset: '{cfg.preset}' is not a libx264 preset "
+                        f"({', '.join(X264_PRESETS)})")
     r.done()
     return cfg
 
@@ -308,8 +314,11 @@ def _text(r: _Reader) -> TextConfig:
 def _speech(r: _Reader) -> SpeechConfig:
     d = SpeechConfig()
     voices = r._get("voices", list(d.voices))
-    if not isinstance(voices, list | tuple) or not voices or not all(isinstance(v, str) and v for v in voices):
-        raise UserError(f"params.yaml: synth.speech.voices must be a non-empty list of espeak-ng voices, got {voices!r}")
+    ok = isinstance(voices, list | tuple) and voices and all(isinstance(v, str) and v for v in voices)
+    if not ok:
+        raise UserError(
+            f"params.yaml: synth.speech.voices must be a non-empty list of espeak-ng voices, got {voices!r}"
+        )
     cfg = SpeechConfig(voices=tuple(voices), sample_rate=r.int("sample_rate", d.sample_rate, lo=8000))
     r.done()
     return cfg

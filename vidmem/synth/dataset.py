@@ -60,7 +60,8 @@ def _jobs(ds: Dataset, root: Path) -> list[tuple[float, Any, tuple]]:
     """(cost estimate, function, args); the pool starts the costliest first."""
     jobs = []
     for spec, text in ds.items:
-        jobs.append((spec.duration, _render_job, (spec, str(root / "videos" / f"{spec.video_id}.mp4"), ds.cfg)))
+        video = str(root / "videos" / f"{spec.video_id}.mp4")
+        jobs.append((spec.duration, _render_job, (spec, video, ds.cfg)))
         if text.queries:
             speech = [
                 (q, voice, str(root / "audio" / audio_name(spec.video_id, spec.split, k)))
@@ -91,7 +92,9 @@ def _run(jobs: list[tuple[float, Any, tuple]], workers: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- entry
-def generate(cfg: SynthConfig, out: str | os.PathLike | None = None, workers: int | None = None) -> dict[str, Any]:
+def generate(
+    cfg: SynthConfig, out: str | os.PathLike | None = None, workers: int | None = None
+) -> dict[str, Any]:
     """Write the whole dataset to `out` (default cfg.out) atomically; returns the metrics."""
     out = Path(out if out is not None else cfg.out)
     workers = cfg.workers if workers is None else workers

@@ -20,14 +20,17 @@ from vidmem.common import UserError
 def ffmpeg_binary() -> str:
     path = shutil.which("ffmpeg")
     if not path:
-        raise UserError("ffmpeg not found on PATH; run `make install` (it installs the Debian ffmpeg package)")
+        raise UserError("ffmpeg not found on PATH; run `make install` (it installs Debian's ffmpeg)")
     return path
 
 
-def h264_command(path: str | os.PathLike, width: int, height: int, fps: int, crf: int, preset: str) -> list[str]:
+def h264_command(
+    path: str | os.PathLike, width: int, height: int, fps: int, crf: int, preset: str
+) -> list[str]:
     return [
         ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-framerate", str(fps), "-i", "pipe:0",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-framerate", str(fps),
+        "-i", "pipe:0",
         "-an", "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
         "-g", str(4 * fps), "-threads", "1",
         "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1",

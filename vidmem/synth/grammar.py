@@ -19,7 +19,8 @@ VERBS: dict[str, tuple[list[Verb], list[Verb]]] = {
     "move_left": (
         [("moves to the left", "moving to the left"), ("moves left", "moving left"),
          ("slides to the left", "sliding to the left"), ("goes left", "going left")],
-        [("travels leftward", "travelling leftward"), ("drifts towards the left edge", "drifting towards the left edge")],
+        [("travels leftward", "travelling leftward"),
+         ("drifts towards the left edge", "drifting towards the left edge")],
     ),
     "move_right": (
         [("moves to the right", "moving to the right"), ("moves right", "moving right"),
@@ -28,7 +29,8 @@ VERBS: dict[str, tuple[list[Verb], list[Verb]]] = {
          ("drifts towards the right edge", "drifting towards the right edge")],
     ),
     "move_up": (
-        [("moves up", "moving up"), ("rises", "rising"), ("moves upward", "moving upward"), ("goes up", "going up")],
+        [("moves up", "moving up"), ("rises", "rising"), ("moves upward", "moving upward"),
+         ("goes up", "going up")],
         [("climbs towards the top", "climbing towards the top"), ("ascends", "ascending")],
     ),
     "move_down": (
@@ -42,8 +44,8 @@ VERBS: dict[str, tuple[list[Verb], list[Verb]]] = {
         [("increases in size", "increasing in size"), ("swells", "swelling")],
     ),
     "shrink": (
-        [("shrinks", "shrinking"), ("gets smaller", "getting smaller"), ("becomes smaller", "becoming smaller"),
-         ("contracts", "contracting")],
+        [("shrinks", "shrinking"), ("gets smaller", "getting smaller"),
+         ("becomes smaller", "becoming smaller"), ("contracts", "contracting")],
         [("decreases in size", "decreasing in size"), ("dwindles", "dwindling")],
     ),
     "spin": (
@@ -70,7 +72,8 @@ VERBS: dict[str, tuple[list[Verb], list[Verb]]] = {
         [("goes out of view", "going out of view"), ("fades from sight", "fading from sight")],
     ),
     "still": (
-        [("stays still", "staying still"), ("remains still", "remaining still"), ("stays in place", "staying in place")],
+        [("stays still", "staying still"), ("remains still", "remaining still"),
+         ("stays in place", "staying in place")],
         [("rests motionless", "resting motionless"), ("holds its position", "holding its position")],
     ),
 }
@@ -116,7 +119,8 @@ VIDEO_CAPTION = (
     ["a clip showing {objects} on a {bg} {backdrop}", "in this clip {event}"],
 )
 CLIP_TWO = (["{e1} while {e2}", "{e1} and {e2}"], ["{e1}, and at the same time {e2}"])
-CLIP_NONE = (["nothing moves", "the shapes stay still", "all the shapes are still"], ["everything is at rest"])
+CLIP_NONE = (["nothing moves", "the shapes stay still", "all the shapes are still"],
+             ["everything is at rest"])
 CLIP_EMPTY = (["no shape is visible", "the screen is empty"], ["nothing is in view"])
 SEGMENT_PREFIX = (["", "In this segment, "], ["During this stretch, "])
 SEGMENT_NONE = (["The shapes stay still.", "Nothing moves."], ["Everything is at rest."])
@@ -130,7 +134,8 @@ QUESTIONS: dict[str, tuple[list[str], list[str]]] = {
               ["what is the number of shapes?"]),
     "colour": (["what colour is the {shape}?", "what is the colour of the {shape}?"],
                ["which colour does the {shape} have?"]),
-    "colour_start": (["what colour is the {shape} at the start?"], ["which colour does the {shape} have at first?"]),
+    "colour_start": (["what colour is the {shape} at the start?"],
+                     ["which colour does the {shape} have at first?"]),
     "new_colour": (["what colour does the {shape} turn?", "what colour does the {shape} become?"],
                    ["which colour does the {shape} end up with?"]),
     "shape": (["what shape is {colour}?", "which shape is {colour}?"],

@@ -72,7 +72,7 @@ class SceneObject:
 
 @dataclass(frozen=True)
 class Distractor:
-    """A small low-contrast dot drifting across the frame (wrapping at the edges): motion that is not an event."""
+    """A small low-contrast dot drifting across the frame (wrapping at the edges): motion, but no event."""
 
     x: float
     y: float
@@ -177,8 +177,8 @@ def _pick_background(cfg: SynthConfig, rng: np.random.Generator, n_obj: int) -> 
         if ok:
             return str(rng.choice(ok))
     raise UserError(
-        f"params.yaml: synth.scene: no background in {list(cfg.scene.backgrounds)} contrasts with {n_obj} of the "
-        f"colours {list(cfg.scene.colours)}; add colours or backgrounds"
+        f"params.yaml: synth.scene: no background in {list(cfg.scene.backgrounds)} contrasts with {n_obj} "
+        f"of the colours {list(cfg.scene.colours)}; add colours or backgrounds"
     )
 
 
@@ -279,11 +279,15 @@ def _snap(slots, duration: float) -> list[tuple[int, float, float]]:
 
 
 def _overlaps_across(slots) -> bool:
-    return any(a[0] != b[0] and a[1] < b[2] and b[1] < a[2] for i, a in enumerate(slots) for b in slots[i + 1:])
+    return any(
+        a[0] != b[0] and a[1] < b[2] and b[1] < a[2] for i, a in enumerate(slots) for b in slots[i + 1:]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- kinds
-def _assign_kinds(cfg: SynthConfig, rng, objects: list[SceneObject], slots, usable: list[str], w: int, h: int):
+def _assign_kinds(
+    cfg: SynthConfig, rng, objects: list[SceneObject], slots, usable: list[str], w: int, h: int
+) -> list[Event]:
     """Walk the slots in time order, choosing for each a kind that is feasible from the object's pose."""
     pose = {i: o.initial for i, o in enumerate(objects)}
     ongoing: list[Event] = []

@@ -25,7 +25,8 @@ def _star(points: int = 5, outer: float = 1.45, inner: float = 0.6) -> np.ndarra
 def _cross(arm: float = 0.38, reach: float = 1.1) -> np.ndarray:
     a, b = arm, reach
     return np.array(
-        [[a, b], [-a, b], [-a, a], [-b, a], [-b, -a], [-a, -a], [-a, -b], [a, -b], [a, -a], [b, -a], [b, a], [a, a]]
+        [[a, b], [-a, b], [-a, a], [-b, a], [-b, -a], [-a, -a],
+         [-a, -b], [a, -b], [a, -a], [b, -a], [b, a], [a, a]]
     )
 
 
@@ -77,7 +78,7 @@ def _polygon_sdf(px: np.ndarray, py: np.ndarray, verts: np.ndarray) -> np.ndarra
 def coverage(
     shape: str, cx: float, cy: float, radius: float, angle: float, width: int, height: int
 ) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
-    """Anti-aliased coverage of a shape centred at (cx, cy) px, rotated by `angle` (radians, counter-clockwise).
+    """Anti-aliased coverage of a shape centred at (cx, cy) px, rotated by `angle` (radians, anticlockwise).
 
     Returns ((y0, y1, x0, x1), coverage (y1-y0, x1-x0) float32), clipped to the frame, or None if off-frame.
     """

@@ -22,7 +22,7 @@ from vidmem.common import UserError, atomic_path
 def espeak_binary() -> str:
     path = shutil.which("espeak-ng")
     if not path:
-        raise UserError("espeak-ng not found on PATH; run `make install` (it installs the Debian espeak-ng package)")
+        raise UserError("espeak-ng not found on PATH; run `make install` (it installs Debian's espeak-ng)")
     return path
 
 
@@ -42,7 +42,9 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """(int16 samples, rate) of a mono 16-bit PCM WAV."""
     with wave.open(str(path), "rb") as w:
         if w.getsampwidth() != 2 or w.getnchannels() != 1:
-            raise ValueError(f"{path}: expected mono 16-bit PCM, got {w.getnchannels()} ch {8 * w.getsampwidth()} bit")
+            raise ValueError(
+                f"{path}: expected mono 16-bit PCM, got {w.getnchannels()} ch {8 * w.getsampwidth()} bit"
+            )
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").copy(), w.getframerate()
 
 
@@ -65,7 +67,7 @@ def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 
 
 def speak(text: str, voice: str, path: str | os.PathLike, rate: int = 16000) -> float:
-    """Render `text` with espeak-ng voice `voice` into a mono 16-bit WAV at `rate`; returns seconds of audio."""
+    """Speak `text` with espeak-ng voice `voice` into a mono 16-bit WAV at `rate`; returns its seconds."""
     exe = espeak_binary()
     with tempfile.TemporaryDirectory(prefix="vidmem-espeak-") as tmp:
         raw = Path(tmp) / "speech.wav"

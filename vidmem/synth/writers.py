@@ -99,7 +99,9 @@ def write_charades(root: Path, short: list[Item]) -> None:
         write_text(d / f"charades_sta_{split}.txt", "".join(line + "\n" for line in lines))
         rows = []
         for spec, text in items:
-            actions = ";".join(f"c{EVENT_KINDS.index(e.kind):03d} {e.start:.2f} {e.end:.2f}" for e in spec.events)
+            actions = ";".join(
+                f"c{EVENT_KINDS.index(e.kind):03d} {e.start:.2f} {e.end:.2f}" for e in spec.events
+            )
             rows.append([
                 spec.video_id, "SYN", spec.background, 7, 7, "Yes", text.retrieval[0],
                 ";".join(o.shape for o in spec.objects), text.retrieval[-1], actions, f"{spec.duration:.2f}",
@@ -111,7 +113,8 @@ def write_mmn(root: Path, short: list[Item]) -> None:
     for split in SPLITS:
         items = _split(short, split)
         _json(root / "mmn" / f"{split}.json", _grounding(items, lambda t: t.queries))
-        _json(root / "activitynet_speech" / f"{split}.json", _grounding(items, lambda t: t.queries, audios=True))
+        speech = _grounding(items, lambda t: t.queries, audios=True)
+        _json(root / "activitynet_speech" / f"{split}.json", speech)
 
 
 def write_msrvtt(root: Path, short: list[Item]) -> None:
