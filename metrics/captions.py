@@ -6,7 +6,8 @@ scorers. What we add is the robustness its wrappers lack:
 
 - Tokenisation runs the same jar with the same flags, but from a private temporary file (not inside
   site-packages), with a timeout, and checks that one line came back per caption (a stray line break would
-  otherwise shift every caption after it onto the wrong key).
+  otherwise shift every caption after it onto the wrong key). `-encoding utf-8` is added so non-ASCII text
+  does not depend on the locale's default charset (identical output under a UTF-8 locale).
 - METEOR talks to one long-lived JVM per Python process (`shared_meteor()`), because a JVM start costs about
   5 s and the dense evaluator needs thousands of scores. Captions are cleaned of line breaks and the `|||`
   field separator first (either one breaks the line protocol). Every answer is awaited with a timeout; a JVM

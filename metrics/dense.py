@@ -240,6 +240,8 @@ def evaluate_dense(predictions: Any, references: Sequence[Any], tious: Sequence[
     """
     if not tious:
         raise UserError("dense evaluation: give at least one tIoU threshold")
+    if isinstance(references, (Mapping, str, os.PathLike)):  # a single reference file
+        references = [references]
     if not references:
         raise UserError("dense evaluation: give at least one reference file")
     pred_source = str(predictions) if isinstance(predictions, (str, os.PathLike)) else "predictions"

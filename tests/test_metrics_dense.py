@@ -85,6 +85,8 @@ def test_precision_recall_two_videos_two_reference_files():
     assert (got["Precision"], got["Recall"]) == pytest.approx((p, r))
     assert got["F1"] == pytest.approx(2 * p * r / (p + r))  # F1 of the averages, 0.8077
     assert "METEOR" not in got and "SODA_c" not in got
+    single = evaluate_dense(preds, refs[0], captions=False, soda=False)  # one reference file, not in a list
+    assert single["per_tiou"]["0.9"]["Recall"] == pytest.approx(1 / 3)  # v1 2/3, v2 0
 
 
 # --------------------------------------------------------------------------------------------------- captions
