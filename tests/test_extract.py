@@ -15,14 +15,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from tests.media import garbage, lavfi_video
-from vidmem.manifest import Event, Manifest, Video
+from tests.media import lavfi_video
+from tests.project import DURATIONS, digest, make_project
 from vidmem.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
-DURATIONS = {"vid_a": 5.0, "vid_b": 9.0, "vid_c": 2.4, "vid_d": 13.0}
+
+
+def run_in_process(root: Path, kind: str) -> None:
+    """The stage's library entry point, without a new interpreter (imports dominate these tiny runs)."""
+    from vidmem.common import load_params
+    from vidmem.extract import extract_store
+
+    extract_store(kind, load_params(root / "params.yaml"), root)
 
 
 def run_stage(root: Path, *args: str, torchrun: int = 0, check: bool = True) -> subprocess.CompletedProcess:
@@ -38,53 +44,12 @@ def run_stage(root: Path, *args: str, torchrun: int = 0, check: bool = True) -> 
     return proc
 
 
-def make_project(root: Path, batch_size: int = 4, rows_per_chunk: int = 8, extra_video_seconds: float = 0) -> Path:
-    """params.yaml, a manifest, 3-fps compressed videos (one garbage, one failed in compression), clip.pt."""
-    from models.encoders.clip import ClipConfig, build_clip
-
-    root.mkdir(parents=True, exist_ok=True)
-    durations = dict(DURATIONS)
-    if extra_video_seconds:
-        durations["vid_long"] = extra_video_seconds
-    params = {
-        "compress": {"fps": 3, "short_side": 224},
-        "clip": {"model": "vidmem-tiny", "pretrained": "none", "seed": 0},
-        "extract": {"batch_size": batch_size, "rows_per_chunk": rows_per_chunk, "chunks_per_shard": 2, "threads": 0,
-                    "lavila": {"window": 4.0, "frames": 4, "checkpoint": "none", "dense_tokens": False},
-                    "text": {"max_tokens": 16}},
-    }
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    comp = root / "data" / "compressed"
-    videos = []
-    for i, (vid, dur) in enumerate(durations.items()):
-        # landscape and portrait, like compress outputs
-        w, h = (298, 224) if i % 2 == 0 else (224, 298)
-        lavfi_video(comp / f"{vid}.mp4", w, h, fps=3, duration=dur, source="testsrc2" if i % 2 else "testsrc")
-        videos.append(Video(vid, f"raw/{vid}.mp4", dur))
-    garbage(comp / "vid_bad.mp4")
-    videos += [Video("vid_bad", "raw/vid_bad.mp4", 4.0), Video("vid_gone", "raw/vid_gone.mp4", 4.0)]
-    (comp / "ledger.jsonl").write_text(json.dumps({"key": "vid_gone", "status": "failed",
-                                                   "reason": "moov atom not found"}) + "\n")
-    events = [Event("vid_a", "train", 0.5, 3.0, "a red circle moves left"),
-              Event("vid_b", "train", 1.0, 8.0, "the blue square grows"),
-              Event("vid_b", "test", 1.0, 8.0, "a red circle moves left")]  # duplicate text: stored once
-    Manifest(videos=videos, events=events).write(root / "data" / "manifest")
-    encoder = build_clip(ClipConfig())
-    (root / "data" / "checkpoints").mkdir(parents=True)
-    torch.save({"state_dict": encoder.model.state_dict(), "epoch": 0}, root / "data" / "checkpoints" / "clip.pt")
-    return root
-
-
-def digest(path: Path) -> dict[str, str]:
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     root = make_project(tmp_path_factory.mktemp("extract") / "proj")
-    for kind in ("clip", "lavila", "text"):
-        run_stage(root, kind)
+    run_stage(root, "clip")  # once through `python -m stages.extract`
+    for kind in ("lavila", "text"):
+        run_in_process(root, kind)
     return root
 
 
@@ -169,14 +134,14 @@ def test_text_store(project):
 def test_second_run_keeps_complete_store(project):
     before = digest(project / "data" / "features" / "clip.zarr")
     t = time.time()
-    run_stage(project, "clip")
+    run_in_process(project, "clip")
     assert digest(project / "data" / "features" / "clip.zarr") == before
     assert time.time() - t < 60
 
 
 def test_kill_and_resume_is_byte_identical(tmp_path):
     ref = make_project(tmp_path / "ref", batch_size=2, rows_per_chunk=4, extra_video_seconds=30)
-    run_stage(ref, "clip")
+    run_in_process(ref, "clip")
     root = make_project(tmp_path / "killed", batch_size=2, rows_per_chunk=4, extra_video_seconds=30)
     env = {**os.environ, "PYTHONPATH": str(REPO), "VIDMEM_LOG": "WARNING"}
     proc = subprocess.Popen([sys.executable, "-m", "stages.extract", "clip"], cwd=root, env=env,
@@ -201,3 +166,17 @@ def test_torchrun_equals_single_process(project, tmp_path):
     proc = run_stage(root, "clip", torchrun=2)
     assert proc.returncode == 0
     assert digest(root / "data" / "features" / "clip.zarr") == digest(project / "data" / "features" / "clip.zarr")
+
+
+def test_video_failing_part_way_is_listed_not_zero_filled(tmp_path):
+    from tests.media import garbled
+
+    root = make_project(tmp_path / "mid")
+    comp = root / "data" / "compressed"
+    src = lavfi_video(tmp_path / "src.mp4", 298, 224, fps=3, duration=20, faststart=True)
+    garbled(src, comp / "vid_c.mp4", at=0.5, nbytes=20000)  # opens, then fails to decode half-way
+    run_in_process(root, "clip")
+    store = FeatureStore(root / "data" / "features" / "clip.zarr")
+    assert "vid_c" not in store and store.ids == ["vid_a", "vid_b", "vid_d"]
+    ledger = {r["key"]: r for r in map(json.loads, (store.path / "ledger.jsonl").read_text().splitlines())}
+    assert ledger["vid_c"]["status"] == "failed" and "part-way" in ledger["vid_c"]["reason"]

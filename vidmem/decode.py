@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import queue
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,6 +22,11 @@ T = TypeVar("T")
 class DecodeError(Exception):
     """The video could not be opened or decoded (listed in the stage's ledger, never zero-filled)."""
 
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
 
 def open_video(path: str | Path):
     """A decord VideoReader (single decode thread: stages run one process per core)."""
@@ -28,14 +34,25 @@ def open_video(path: str | Path):
 
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
-        raise DecodeError(f"{path}: missing or empty file")
+        raise DecodeError(path, "missing or empty file")
     try:
         vr = decord.VideoReader(str(path), num_threads=1)
     except Exception as e:  # decord raises its own DECORDError / RuntimeError
-        raise DecodeError(f"{path}: cannot open: {str(e).splitlines()[0][:200]}") from None
+        raise DecodeError(path, f"cannot open: {_first_line(e).replace(str(path), path.name)}") from None
+    vr._vidmem_path = str(path)
     if len(vr) == 0:
-        raise DecodeError(f"{path}: no video frames")
+        raise DecodeError(path, "no video frames")
     return vr
+
+
+_DECORD_NOISE = re.compile(r"\[\d\d:\d\d:\d\d\] |\S+\.(cc|h):\d+: ")
+
+
+def _first_line(e: Exception) -> str:
+    """decord's message without its clock stamps and source locations (ledgers must repeat byte for byte)."""
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return _DECORD_NOISE.sub("", line).strip()[:200] or type(e).__name__
 
 
 def frame_times(vr) -> np.ndarray:
@@ -71,7 +88,8 @@ def read_frames(vr, indices: Sequence[int]) -> np.ndarray:
     try:
         batch = vr.get_batch(uniq.tolist()).asnumpy()
     except Exception as e:
-        raise DecodeError(f"decoding frames {uniq[0]}..{uniq[-1]} failed: {str(e).splitlines()[0][:200]}") from None
+        raise DecodeError(getattr(vr, "_vidmem_path", "video"), f"decoding frames {uniq[0]}..{uniq[-1]} failed: "
+                          f"{_first_line(e)}") from None
     return batch[inverse]
 
 

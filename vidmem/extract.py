@@ -16,11 +16,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.encoders.clip import ClipConfig, build_clip, checkpoint_hash
+from models.encoders.timesformer import VideoEncoder
+from vidmem.common import UserError, file_hash, section, write_json, write_jsonl
 from vidmem.decode import DecodeError, batched, frame_times, open_video, prefetch, read_frames, video_end, window_frames
+from vidmem.dist import init_from_env
+from vidmem.ledger import Ledger
 from vidmem.manifest import Manifest
-from vidmem.store import ArraySpec
+from vidmem.store import ArraySpec, ShardedWriter
 
 log = logging.getLogger(__name__)
+
+KINDS = ("clip", "lavila", "text")
+MANIFEST = Path("data/manifest")
+COMPRESSED = Path("data/compressed")
+CLIP_CHECKPOINT = Path("data/checkpoints/clip.pt")
+FEATURES = Path("data/features")
 
 
 @dataclass
@@ -40,24 +51,36 @@ class Plan:
     failed: dict[str, str]
 
 
+def fingerprint(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
 def plan_videos(manifest: Manifest, compressed: Path, compress_ledger: dict[str, dict[str, Any]],
-                rows_of: Any) -> Plan:
+                rows_of: Any, undecodable: dict[str, dict[str, Any]] | None = None) -> Plan:
     """Open every manifest video's compressed file; `rows_of(vr)` gives its row count.
 
-    Videos that failed compression or do not decode are listed in `failed` with the reason, never stored.
+    Videos that failed compression, do not open, or failed to decode in an earlier pass (`undecodable`, keyed
+    to the file's size and mtime) are listed in `failed` with the reason, never stored.
     """
     ids, lengths, paths, failed = [], [], [], {}
+    undecodable = undecodable or {}
     for v in manifest.videos:
         row = compress_ledger.get(v.video_id)
         if row is not None and row.get("status") != "done":
             failed[v.video_id] = f"compress failed: {row.get('reason', 'unknown')}"
             continue
+        rel = f"data/compressed/{v.video_id}.mp4"
         path = compressed / f"{v.video_id}.mp4"
+        bad = undecodable.get(v.video_id)
+        if bad is not None and path.exists() and bad.get("fingerprint") == fingerprint(path):
+            failed[v.video_id] = bad["reason"]
+            continue
         try:
             vr = open_video(path)
             n = int(rows_of(vr))
         except DecodeError as e:
-            failed[v.video_id] = str(e)
+            failed[v.video_id] = f"{rel}: {e.reason}"
             continue
         ids.append(v.video_id)
         lengths.append(n)
@@ -193,3 +216,111 @@ def manifest_texts(manifest: Manifest) -> list[str]:
         for r in rows:
             seen.setdefault(getattr(r, field), None)
     return list(seen)
+
+
+# ---------------------------------------------------------------------------------------------------- stage
+def build_extractor(kind: str, params: dict[str, Any], root: Path = Path(".")) -> tuple[Any, dict[str, Any]]:
+    p = section(params, "extract")
+    ckpt_path = root / CLIP_CHECKPOINT
+    if not ckpt_path.is_file():
+        raise UserError(f"{ckpt_path}: not found; run `dvc repro finetune_clip` first")
+    clip = build_clip(ClipConfig.from_params({**section(params, "clip"), "pretrained": str(ckpt_path)}))
+    attrs: dict[str, Any] = {"kind": kind, "encoder": clip.cfg.model, "checkpoint": str(CLIP_CHECKPOINT),
+                             "checkpoint_sha256": checkpoint_hash(ckpt_path)}
+    if kind == "clip":
+        return ClipFrameExtractor(clip, p["batch_size"]), attrs
+    if kind == "text":
+        return TextExtractor(clip, p["batch_size"], p["text"]["max_tokens"]), attrs
+    lp = p["lavila"]
+    ckpt = str(lp.get("checkpoint") or "none")
+    if ckpt.lower() != "none":
+        if not Path(ckpt).is_file():
+            raise UserError(f"extract.lavila.checkpoint: '{ckpt}' not found")
+        encoder = VideoEncoder.from_lavila(ckpt, num_frames=lp["frames"])
+        attrs.update(encoder="lavila-timesformer", checkpoint=ckpt, checkpoint_sha256=file_hash(ckpt))
+    else:
+        encoder = VideoEncoder.from_clip(clip, num_frames=lp["frames"])
+        attrs.update(encoder=f"timesformer-inflated:{clip.cfg.model}")
+    encoder.eval()
+    attrs.update(window=lp["window"], frames=lp["frames"])
+    return WindowExtractor(encoder, p["batch_size"], lp["window"], lp["frames"], lp["dense_tokens"]), attrs
+
+
+class _Replan(Exception):
+    """A planned video failed to decode mid-way; it is recorded and the store is planned again without it."""
+
+
+def extract_store(kind: str, params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
+    """Fill `data/features/<kind>.zarr` (this rank's shards; rank 0 also plans and finishes). Returns a summary.
+
+    A video that opens but fails to decode part-way is recorded in `<kind>.undecodable.jsonl` beside the store
+    and the extraction is planned again without it (one process), or stops asking for a rerun (torchrun).
+    """
+    d = init_from_env()
+    while True:
+        try:
+            return _extract_once(kind, params, root, d)
+        except _Replan as e:
+            if d.world > 1:
+                d.close()
+                raise UserError(f"{e}; recorded as undecodable: rerun the stage to extract without it") from None
+            log.warning("%s; planning again without it", e)
+
+
+def _extract_once(kind: str, params: dict[str, Any], root: Path, d) -> dict[str, Any]:
+    p = section(params, "extract")
+    if p.get("threads"):
+        torch.set_num_threads(int(p["threads"]))
+    torch.manual_seed(0)
+    manifest = Manifest.read(root / MANIFEST)
+    extractor, attrs = build_extractor(kind, params, root)
+    out = root / FEATURES / f"{kind}.zarr"
+
+    if kind == "text":
+        texts = manifest_texts(manifest)
+        ids, lengths, failed = texts, [1] * len(texts), {}
+
+        def compute_items(idx: list[int]) -> list[dict]:
+            return extractor.compute_many([texts[i] for i in idx])
+    else:
+        ledger_path = root / COMPRESSED / "ledger.jsonl"
+        compress_ledger = Ledger(ledger_path).rows() if ledger_path.exists() else {}
+        bad = Ledger(root / FEATURES / f"{kind}.undecodable.jsonl")
+        plan = plan_videos(manifest, root / COMPRESSED, compress_ledger, extractor.rows_of, bad.rows())
+        ids, lengths, failed = plan.ids, plan.lengths, plan.failed
+        attrs["fps"] = float(section(params, "compress")["fps"])
+
+        def compute_items(idx: list[int]) -> list[dict]:
+            outs = []
+            for i in idx:
+                try:
+                    outs.append(extractor.compute(plan.paths[i]))
+                except DecodeError as e:
+                    reason = f"data/compressed/{ids[i]}.mp4: failed to decode part-way: {e.reason}"
+                    bad.record(ids[i], "failed", reason=reason, fingerprint=fingerprint(plan.paths[i]))
+                    raise _Replan(reason) from None
+            return outs
+
+    writer = ShardedWriter(out, ids, lengths, extractor.arrays(), attrs,
+                           rows_per_chunk=p["rows_per_chunk"], chunks_per_shard=p["chunks_per_shard"])
+    if d.main:
+        writer.prepare()
+        log.info("%s: %d items, %d rows, %d shards, %d rank(s)", out, len(ids), writer.n_rows, writer.n_shards,
+                 d.world)
+    d.barrier()
+    writer.fill(writer.shards_for_rank(d.rank, d.world), compute_items, rank=d.rank)
+    d.barrier()
+    if d.main:
+        writer.finish()
+        if kind != "text":
+            rows = [{"key": vid, "status": "done", "rows": n} for vid, n in zip(ids, lengths)]
+            rows += [{"key": vid, "status": "failed", "reason": why} for vid, why in failed.items()]
+            write_jsonl(out / "ledger.jsonl", rows)
+        for vid, why in failed.items():
+            log.warning("%s: not extracted: %s", vid, why)
+    summary = {"items": len(ids), "rows": writer.n_rows, "failed": len(failed),
+               "arrays": {k: [list(v.trailing), v.dtype] for k, v in extractor.arrays().items()}}
+    if d.main:
+        write_json(root / "metrics" / f"features_{kind}.json", summary)
+    d.close()
+    return summary
