@@ -1,4 +1,4 @@
-"""Kernels against their baselines: ``python -m bench.kernels [--quick] [--large] [--repeat N]``.
+"""Kernels against their baselines: ``python -m bench.kernels [--quick] [--large] [--repeat N] [--threads T]``.
 
 * msda — the CuPy kernel against the ``grid_sample`` reference, forward and forward+backward, at PDVC's 1-D
   shapes (N=1..8, levels T=100/50/25/13, M=8, D=64, P=4, Lq=10..100) and Deformable DETR's 2-D shapes (levels
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -186,7 +187,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed repetitions per row (median)")
     parser.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
     parser.add_argument("--large", action="store_true", help="add the N=1M top-k row")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch and faiss alike (0: library defaults)")
     args = parser.parse_args()
+    if args.threads:
+        # numpy's OpenBLAS (the CPU top-k's matmul) reads its thread count at import: re-run with it pinned.
+        want = str(args.threads)
+        if os.environ.get("OPENBLAS_NUM_THREADS") != want:
+            os.environ.update(OPENBLAS_NUM_THREADS=want, OMP_NUM_THREADS=want, MKL_NUM_THREADS=want)
+            os.execv(sys.executable, [sys.executable, "-m", "bench.kernels", *sys.argv[1:]])
+        import faiss
+
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, GPU: {gpu}, "
           f"CuPy kernels usable: {cupy_usable()}, load average {os.getloadavg()[0]:.1f}")

@@ -165,23 +165,22 @@ def test_non_finite_inputs_are_errors(where):
         cosine_topk(queries, bank, 3, tile=7)
 
 
-def test_memory_stays_bounded_by_the_tile():
-    """With a small tile the largest score block allocated is Q x tile, not Q x N."""
+def test_memory_stays_bounded_by_the_tile(monkeypatch):
+    """With a small tile the largest score block computed is Q x tile, not Q x N."""
+    import kernels.topk as topk_module
+
     queries, bank = data(4, 5000, 8, seed=11, dtype=torch.float32)
     seen = []
-    real_mm = torch.mm
+    real = topk_module._tile_dots
 
-    def spy(a, b, *args, **kwargs):
-        out = real_mm(a, b, *args, **kwargs)
-        seen.append(out.shape[1])
-        return out
+    def spy(q, tile, out):
+        seen.append(tuple(out.shape))
+        return real(q, tile, out)
 
-    torch.mm = spy
-    try:
-        cosine_topk_reference(queries, bank, 10, tile=512)
-    finally:
-        torch.mm = real_mm
-    assert max(seen) == 512 and len(seen) == 10
+    monkeypatch.setattr(topk_module, "_tile_dots", spy)
+    scores, indices = cosine_topk_reference(queries, bank, 10, tile=512)
+    assert max(cols for _, cols in seen) == 512 and len(seen) == 10
+    assert torch.equal(indices, brute_force(queries, bank, 10)[1])
 
 
 # ------------------------------------------------------------------------------- kernel under emulation
