@@ -98,7 +98,7 @@ def input_signature(path: str) -> dict[str, Any]:
     return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def compress_one(video_id: str, src: str, dst: str, encode: dict[str, Any], timeout: float) -> dict[str, Any]:
+def compress_one(src: str, dst: str, encode: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Runs in a pool worker: the ledger fields for one video. Never raises for a bad video."""
     settings = {k: v for k, v in encode.items() if k != "chain"}
     try:
@@ -110,7 +110,6 @@ def compress_one(video_id: str, src: str, dst: str, encode: dict[str, Any], time
     out = res.output
     row = {
         "status": DONE,
-        "source": {k: v for k, v in res.source.as_dict().items() if k != "path"},
         "output": {
             "file": Path(dst).name,
             "frames": out.frames,
@@ -173,6 +172,8 @@ def compress_all(videos: list[Video], out_dir: Path, cfg: CompressConfig) -> dic
     t0 = time.perf_counter()
 
     ledger = Ledger(out_dir / LEDGER_NAME)
+    # Rewrite the ledger before appending to it: a fresh file, never a DVC cache link (hardlink/symlink).
+    ledger.finalize(list(ledger.rows()))
     sigs = {v.video_id: input_signature(v.path) for v in videos}
     todo = [v for v in videos if not _is_reusable(ledger.get(v.video_id), sigs[v.video_id], phash, out_dir,
                                                   cfg.retry_failed)]
@@ -186,7 +187,7 @@ def compress_all(videos: list[Video], out_dir: Path, cfg: CompressConfig) -> dic
             n_workers = min(cfg.n_workers(), len(todo))
             with ProcessPoolExecutor(max_workers=n_workers, initializer=die_with_parent) as pool:
                 futures: dict[Future, Video] = {
-                    pool.submit(compress_one, v.video_id, v.path, str(out_dir / f"{v.video_id}.mp4"), encode,
+                    pool.submit(compress_one, v.path, str(out_dir / f"{v.video_id}.mp4"), encode,
                                 cfg.timeout_s): v
                     for v in todo
                 }
@@ -198,11 +199,13 @@ def compress_all(videos: list[Video], out_dir: Path, cfg: CompressConfig) -> dic
                         # A failed redo must not leave the previous output looking current.
                         (out_dir / f"{v.video_id}.mp4").unlink(missing_ok=True)
                         log.warning("%s: failed: %s", v.video_id, row["reason"])
+                    if row["status"] == DONE:  # the manifest's duration (ingest probed it), else the output's
+                        row["input_seconds"] = v.duration or row["output"]["duration"]
                     ledger.record(v.video_id, row.pop("status"), input=sigs[v.video_id], params_hash=phash,
                                   ffmpeg=version, **row)
 
         keep = {v.video_id for v in videos if (ledger.get(v.video_id) or {}).get("status") == DONE}
-        for p in out_dir.glob("*.mp4"):
+        for p in out_dir.glob("[!.]*.mp4"):
             if p.stem not in keep:
                 log.info("removing %s (no longer a finished manifest video)", p)
                 p.unlink()
@@ -213,7 +216,7 @@ def compress_all(videos: list[Video], out_dir: Path, cfg: CompressConfig) -> dic
         "videos": len(rows),
         "done": len(done),
         "failed": len(rows) - len(done),
-        "input_seconds": round(sum(r["source"]["duration"] or 0.0 for r in done), 3),
+        "input_seconds": round(sum(r["input_seconds"] or 0.0 for r in done), 3),
         "output_frames": sum(r["output"]["frames"] for r in done),
         "bytes_in": sum(r["input"]["size"] for r in done),
         "bytes_out": sum(r["output"]["bytes"] for r in done),

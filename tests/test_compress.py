@@ -76,9 +76,9 @@ def test_compress_shapes(inputs, tmp_path, name):
     assert "side_data_list" not in v  # rotation applied to the pixels, no tag left
     assert v["avg_frame_rate"] == v["r_frame_rate"] == "3/1"
     frames = len(media.frame_times(tmp_path / "out.mp4"))
-    assert frames == res.output.frames
-    assert abs(frames - FPS * res.source.duration) <= 1.5
     src_info = probe(src)
+    assert frames == res.output.frames
+    assert abs(frames - FPS * src_info.duration) <= 1.5
     assert scaled_size(src_info.width, src_info.height, SHORT, src_info.sar) == (want_w, want_h)
     assert res.warnings == ""
     assert _leftovers(tmp_path) == []
@@ -114,6 +114,13 @@ def test_broken_inputs_fail_with_reason_and_no_file(inputs, tmp_path, name, reas
     assert list(dst.parent.iterdir()) == []
 
 
+def test_ffmpeg_failure_reason_is_ffmpegs_own(inputs, tmp_path):
+    with pytest.raises(VideoError) as err:
+        compress_video(inputs["landscape"], tmp_path / "out.mp4", preset="nonsense")
+    assert "nonsense" in err.value.reason and "Error" in err.value.reason
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_partly_corrupt_input_is_kept_with_warnings(inputs, tmp_path):
     res = compress_video(inputs["garbled"], tmp_path / "out.mp4")
     assert res.output.frames > 0 and "Invalid" in res.warnings
@@ -133,7 +140,7 @@ def test_rerun_is_byte_identical(inputs, tmp_path):
 
 # -------------------------------------------------------------------------------------------------- the stage
 def _stat(d: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in d.glob("*.mp4")}
+    return {p.name: p.stat().st_mtime_ns for p in d.glob("[!.]*.mp4")}
 
 
 def test_compress_all_accounts_for_every_video_and_skips_finished(inputs, tmp_path):
@@ -248,7 +255,7 @@ def test_stage_resumes_after_sigkill(tmp_path):
 
     finished = {r["key"]: r for r in read_jsonl(ledger)}
     assert 1 <= len(finished) < len(videos), "the kill should land mid-run"
-    for p in out.glob("*.mp4"):  # whatever carries a final name is complete
+    for p in out.glob("[!.]*.mp4"):  # whatever carries a final name is complete
         assert probe(p, count_frames=True).frames == 18
     mtimes = _stat(out)
 
@@ -262,7 +269,7 @@ def test_stage_resumes_after_sigkill(tmp_path):
             assert (out / f"{key}.mp4").stat().st_mtime_ns == mtimes[f"{key}.mp4"]
     assert _leftovers(out) == []
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ref_out.iterdir())
-    for p in ref_out.glob("*.mp4"):
+    for p in ref_out.glob("[!.]*.mp4"):
         assert (out / p.name).read_bytes() == p.read_bytes()
     assert {k: r["status"] for k, r in rows.items()} == {
         r["key"]: r["status"] for r in read_jsonl(ref_out / "ledger.jsonl")

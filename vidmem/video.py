@@ -71,11 +71,10 @@ class VideoInfo:
 
 @dataclass(frozen=True)
 class Compressed:
-    """The result of one transcode: the probed source, the verified output, and ffmpeg's non-fatal errors."""
+    """The result of one transcode: the verified output and the decode errors ffmpeg recovered from."""
 
-    source: VideoInfo
     output: VideoInfo
-    warnings: str = ""  # decode errors ffmpeg recovered from (e.g. a partly corrupt file); "" when clean
+    warnings: str = ""  # e.g. a partly corrupt source; "" when clean
     seconds: float = 0.0
 
 
@@ -287,25 +286,33 @@ def compress_video(
     The encode goes to a temporary '.mp4' sibling that is renamed onto `dst` only after ffprobe has read it
     back and counted at least one frame; on any failure the temporary file is removed and VideoError raised,
     so no empty or partial `dst` is ever left behind.
+
+    The source is probed only when something looks wrong (ffmpeg failed, or made fewer than two frames): a
+    good video then costs one ffmpeg and one ffprobe, while a bad one gets the probe's clearer complaint
+    ("no video stream", "a still image") in place of ffmpeg's.
     """
     t0 = time.perf_counter()
-    source = probe(src)
+    src = Path(src)
+    if not src.is_file():
+        raise VideoError(src, "file not found")
+    if src.stat().st_size == 0:
+        raise VideoError(src, "empty file (0 bytes)")
     with atomic_path(dst, suffix=".mp4") as tmp:
         cmd = compress_command(src, tmp, fps=fps, short_side=short_side, crf=crf, preset=preset)
         proc = _run_tool(cmd, src, timeout)
         tail = stderr_tail(proc.stderr)
         if proc.returncode != 0:
+            probe(src)
             raise VideoError(src, tail or f"ffmpeg failed (exit status {proc.returncode})")
         try:
             output = probe(tmp, count_frames=True)
         except VideoError as e:
+            probe(src)
             detail = f"ffmpeg wrote an unreadable file: {e.reason}" + (f" | {tail}" if tail else "")
             raise VideoError(src, detail) from None
+        if (output.frames or 0) <= 1:
+            probe(src)  # a still image under a video's name makes one frame or none; the probe refuses it
         if not output.frames:
             raise VideoError(src, "ffmpeg produced no frames" + (f": {tail}" if tail else ""))
-    return Compressed(
-        source=source,
-        output=replace(output, path=str(dst)),
-        warnings=tail,
-        seconds=round(time.perf_counter() - t0, 3),
-    )
+    return Compressed(output=replace(output, path=str(dst)), warnings=tail,
+                      seconds=round(time.perf_counter() - t0, 3))
