@@ -216,9 +216,9 @@ def _finish(proc: subprocess.Popen, cwd: Path, timeout: float = 120) -> tuple[in
     return rc, (cwd / "stderr.txt").read_text()
 
 
-def _our_processes(marker: str) -> list[str]:
-    """Command lines of live processes that mention `marker` (our temp dir): none may outlive a kill."""
-    found = []
+def _our_processes(marker: str) -> dict[int, str]:
+    """Live processes (pid → command line) that mention `marker` (our temp dir): none may outlive a kill."""
+    found = {}
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
             try:
@@ -227,7 +227,7 @@ def _our_processes(marker: str) -> list[str]:
             except (OSError, StopIteration):
                 continue
             if marker in cmd and "zombie" not in state:
-                found.append(cmd)
+                found[int(p.name)] = cmd
     return found
 
 
@@ -251,7 +251,7 @@ def test_stage_resumes_after_sigkill(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     time.sleep(0.3)
-    assert _our_processes(str(tmp_path)) == []  # ffmpeg and the pool workers died with the stage
+    assert _our_processes(str(tmp_path)) == {}  # ffmpeg and the pool workers died with the stage
 
     finished = {r["key"]: r for r in read_jsonl(ledger)}
     assert 1 <= len(finished) < len(videos), "the kill should land mid-run"
@@ -277,6 +277,37 @@ def test_stage_resumes_after_sigkill(tmp_path):
     metrics = json.loads((work / "metrics" / "compress.json").read_text())
     assert metrics == json.loads((ref / "metrics" / "compress.json").read_text())
     assert metrics["done"] == 6 and metrics["failed"] == 1 and metrics["output_frames"] == 6 * 18
+
+
+def test_tools_die_with_a_killed_worker(tmp_path):
+    """A worker's ffmpeg gets SIGKILL when the worker dies (it would otherwise run on for 30 s)."""
+    marker = str(tmp_path / "null-output")
+    script = (
+        "from vidmem.video import die_with_parent, _run_tool\n"
+        "die_with_parent()\n"
+        f"_run_tool(['ffmpeg', '-v', 'error', '-re', '-f', 'lavfi', '-i', 'testsrc=duration=30', '-f', 'null',"
+        f" {marker!r}], 'x', None)\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    def ffmpegs() -> list[int]:
+        return [pid for pid, cmd in _our_processes(marker).items() if cmd.startswith("ffmpeg ")]
+
+    try:
+        deadline = time.monotonic() + 30
+        while not ffmpegs():
+            assert worker.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=10)
+        deadline = time.monotonic() + 3
+        while ffmpegs() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ffmpegs() == []
+    finally:
+        worker.kill()
+        for pid in ffmpegs():  # only on failure: the ffmpeg this test started, left running
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_stage_user_errors_are_one_line(tmp_path):

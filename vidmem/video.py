@@ -79,19 +79,34 @@ class Compressed:
 
 
 # ------------------------------------------------------------------------------------------------------ tools
-def die_with_parent() -> None:
-    """Child processes get SIGKILL when their parent dies, so a killed stage leaves no ffmpeg running."""
+_tie_children = False  # set in pool workers: the tools they start die with them
+
+
+def _set_pdeathsig() -> None:
     if sys.platform.startswith("linux"):
         import ctypes
 
         PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def die_with_parent() -> None:
+    """Pool-worker initializer: this process, and every ffmpeg/ffprobe it starts, gets SIGKILL when its parent
+    dies, so a killed stage leaves nothing running that could still rename an output into place.
+
+    Only for single-threaded worker processes: the hook runs between fork and exec, which is unsafe in a
+    process with other threads, so ordinary callers of `probe` do without it.
+    """
+    global _tie_children
+    _set_pdeathsig()
+    _tie_children = True
 
 
 def _run_tool(args: list[str], path: str | os.PathLike, timeout: float | None) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(
-            args, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, preexec_fn=die_with_parent
+            args, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+            preexec_fn=_set_pdeathsig if _tie_children else None,
         )
     except subprocess.TimeoutExpired:
         raise VideoError(path, f"{Path(args[0]).name} timed out after {timeout:g} s") from None
