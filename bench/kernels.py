@@ -1,15 +1,35 @@
-"""Kernels against their baselines: ``python -m bench.kernels [--quick] [--large] [--repeat N] [--threads T]``.
+"""Kernels vs their baselines: ``python -m bench.kernels [--quick] [--large] [--repeat N] [--threads T]``.
 
 * msda — the CuPy kernel against the ``grid_sample`` reference, forward and forward+backward, at PDVC's 1-D
   shapes (N=1..8, levels T=100/50/25/13, M=8, D=64, P=4, Lq=10..100) and Deformable DETR's 2-D shapes (levels
-  100×150, 50×75, 25×38, 13×19, M=8, D=32, P=4, Lq=300..10k). Goal on a GPU: forward+backward ≥ 3× the reference.
-* topk — the fused kernel against normalised matmul + ``torch.topk`` on the GPU (goal ≥ 1×), and on the CPU our
-  tiled reference against faiss-cpu's exact ``IndexFlatIP`` on L2-normalised vectors (Q=1000, N=100k–1M,
+  100×150, 50×75, 25×38, 13×19, M=8, D=32, P=4, Lq=300..10k). Goal on a GPU: forward+backward ≥ 3× the
+  reference.
+* topk — the fused kernel against normalised matmul + ``torch.topk`` on the GPU (goal ≥ 1×), and on the CPU
+  our tiled reference against faiss-cpu's exact ``IndexFlatIP`` on L2-normalised vectors (Q=1000, N=100k–1M,
   D=512/768, k=100), with the overlap of the two result sets.
 
 Ratios are baseline time / our time (> 1: ours is faster). Without CUDA the GPU rows print "skipped: no CUDA".
 
-Measured numbers: see the table below this line once recorded (CPU only so far; no GPU was available).
+Measured on the development machine: AMD EPYC, 2 cores shared with other jobs (load average 5-9), no GPU;
+torch 2.14.1, faiss-cpu 1.15.1; ``--repeat 3 --threads 1 --large`` (one thread: with two, OpenMP on the busy
+machine made the same rows up to 10x slower and erratic). Medians in ms:
+
+    msda reference (grid_sample), float32       forward   fwd+bwd
+      1-D PDVC N=1 Lq=10   D=64                    0.85      2.27
+      1-D PDVC N=1 Lq=100  D=64                    5.45     14.6
+      1-D PDVC N=8 Lq=10   D=64                    3.85     12.4
+      1-D PDVC N=8 Lq=100  D=64                   24.4      71.8
+      2-D DETR N=1 Lq=300  D=32                   11.3      77.0
+      2-D DETR N=1 Lq=1000 D=32                   36.7     151
+      2-D DETR N=2 Lq=10k  D=32                  631      1785
+
+    cosine top-k, float32, k=100               ours   faiss IndexFlatIP   faiss/ours   overlap
+      Q=1000 N=100k D=512                        1508        1498             0.99        1.0000
+      Q=1000 N=100k D=768                        1940        1940             1.00        1.0000
+      Q=1000 N=1M   D=768                       30776       40119             1.30        1.0000
+
+The GPU rows (kernel vs reference, goal >= 3x for msda forward+backward and >= 1x for top-k) have not been
+measured: no GPU was available while this was written.
 """
 from __future__ import annotations
 

@@ -31,7 +31,10 @@ slots) by (score desc, index asc). Few entries beat a warm threshold, so after t
 single read of the scores. Everything else (CPU, or k > 1024) uses :func:`cosine_topk_reference`: the same
 tiles with ``torch.topk`` and an exact (score, index) merge.
 
-Measured: see ``python -m bench.kernels`` (numbers in ``bench/kernels.py``'s docstring).
+Measured (``python -m bench.kernels``; table in its docstring), one core of an AMD EPYC, Q=1000, k=100: the
+CPU path matches faiss-cpu's exact IndexFlatIP at N=100k (0.99-1.00x) and is 1.3x faster at N=1M, D=768 (30.8
+s vs 40.1 s), with identical result sets. The kernel's GPU speed has not been measured yet (no GPU was
+available); its correctness is checked on the CPU under :mod:`kernels._emulate`.
 """
 from __future__ import annotations
 
