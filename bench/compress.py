@@ -8,7 +8,8 @@ very ffmpeg command line the stage builds, one `-threads 1` ffmpeg per file, wit
 is `python -m stages.compress` as DVC runs it (params, manifest, probes, ledger, verification), from scratch.
 Rounds alternate the two so that machine load hits both alike; the medians give the ratio
 stage throughput / baseline throughput (goal ≥ 0.95), and the CPU-time ratio shows the stage's own overhead
-even on a busy machine. Both must write identical bytes. The result also goes to bench/out/compress/result.json.
+even on a busy machine. Both must write identical bytes. The result also goes to
+bench/out/compress/result.json.
 """
 from __future__ import annotations
 
@@ -100,11 +101,12 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)), help="parallel ffmpeg processes")
+    ap.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
+                    help="parallel ffmpeg processes (default: usable cores)")
     args = ap.parse_args()
 
     group = yaml.safe_load((ROOT / "params.yaml").read_text())["compress"]
-    settings = {k: v for k, v in CompressConfig.from_params(group).encode().items() if k != "chain"}
+    settings = {k: v for k, v in CompressConfig.from_params(group).encode().items() if k != "command"}
     inputs = make_inputs(args.clips, args.seconds)
     input_seconds = sum(probe(p).duration or 0.0 for p in inputs)
 
@@ -138,7 +140,8 @@ def main() -> None:
         "cpu_seconds": {k: [round(x, 3) for x in v] for k, v in cpu.items()},
         "median_seconds": {k: round(v, 3) for k, v in med.items()},
         "median_cpu_seconds": {k: round(v, 3) for k, v in med_cpu.items()},
-        "ratio_stage_over_baseline": round(ratio, 3), "cpu_ratio_baseline_over_stage": round(cpu_ratio, 3), "identical_outputs": same, "baseline_command": cmd,
+        "ratio_stage_over_baseline": round(ratio, 3), "cpu_ratio_baseline_over_stage": round(cpu_ratio, 3),
+        "identical_outputs": same, "baseline_command": cmd,
     }
     (OUT / "result.json").write_text(json.dumps(result, indent=2) + "\n")
 

@@ -12,13 +12,17 @@ A bad video is recorded as failed and never stops the run.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import re
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, fields
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from tqdm import tqdm
@@ -26,7 +30,7 @@ from tqdm import tqdm
 from vidmem.common import UserError, load_params, params_hash, run_stage, section, write_json
 from vidmem.ledger import DONE, FAILED, Ledger
 from vidmem.manifest import Manifest, Video
-from vidmem.video import VideoError, compress_video, ffmpeg_version, die_with_parent
+from vidmem.video import COMMAND_VERSION, VideoError, compress_video, die_with_parent, ffmpeg_version
 
 log = logging.getLogger("vidmem.compress")
 
@@ -34,8 +38,6 @@ MANIFEST_DIR = Path("data/manifest")
 OUT_DIR = Path("data/compressed")
 METRICS = Path("metrics/compress.json")
 LEDGER_NAME = "ledger.jsonl"
-# Bumped when the ffmpeg command changes in a way params do not show, so old outputs are redone.
-CHAIN_VERSION = 1
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]*$")
 
 
@@ -82,7 +84,7 @@ class CompressConfig:
     def encode(self) -> dict[str, Any]:
         """The settings that shape the output bytes (hashed into every ledger row)."""
         return {"fps": self.fps, "short_side": self.short_side, "crf": self.crf, "preset": self.preset,
-                "chain": CHAIN_VERSION}
+                "command": COMMAND_VERSION}
 
     def n_workers(self) -> int:
         return self.workers or len(os.sched_getaffinity(0))
@@ -100,7 +102,7 @@ def input_signature(path: str) -> dict[str, Any]:
 
 def compress_one(src: str, dst: str, encode: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Runs in a pool worker: the ledger fields for one video. Never raises for a bad video."""
-    settings = {k: v for k, v in encode.items() if k != "chain"}
+    settings = {k: v for k, v in encode.items() if k != "command"}
     try:
         res = compress_video(src, dst, timeout=timeout, **settings)
     except VideoError as e:
@@ -161,9 +163,33 @@ def remove_temporaries(out_dir: Path) -> int:
     return n
 
 
+@contextlib.contextmanager
+def exclusive(out_dir: Path) -> Iterator[None]:
+    """One run per output folder: a second would delete the first one's temporary files and outputs.
+
+    An flock on the folder itself (no lock file to end up in the DVC output); pool workers share it, and
+    it is released when the run and its workers are gone, killed or not.
+    """
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            msg = f"{out_dir}: another compress run is working in this folder; let it finish"
+            raise UserError(msg) from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def compress_all(videos: list[Video], out_dir: Path, cfg: CompressConfig) -> dict[str, Any]:
     """Bring `out_dir` up to date with `videos`; returns the metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive(out_dir):
+        return _compress_all(videos, out_dir, cfg)
+
+
+def _compress_all(videos: list[Video], out_dir: Path, cfg: CompressConfig) -> dict[str, Any]:
     if n := remove_temporaries(out_dir):
         log.info("removed %d temporary file(s) left by an interrupted run", n)
     encode = cfg.encode()
@@ -194,7 +220,13 @@ def compress_all(videos: list[Video], out_dir: Path, cfg: CompressConfig) -> dic
                 for fut in tqdm(as_completed(futures), total=len(futures), desc="compress", unit="video",
                                 disable=None):
                     v = futures[fut]
-                    row = fut.result()
+                    try:
+                        row = fut.result()
+                    except BrokenProcessPool:
+                        raise UserError(
+                            f"a compress worker died (killed, or out of memory?) while {v.video_id} was "
+                            f"pending; finished videos are kept: rerun to resume, or lower compress.workers"
+                        ) from None
                     if row["status"] == FAILED:
                         # A failed redo must not leave the previous output looking current.
                         (out_dir / f"{v.video_id}.mp4").unlink(missing_ok=True)
@@ -216,7 +248,7 @@ def compress_all(videos: list[Video], out_dir: Path, cfg: CompressConfig) -> dic
         "videos": len(rows),
         "done": len(done),
         "failed": len(rows) - len(done),
-        "input_seconds": round(sum(r["input_seconds"] or 0.0 for r in done), 3),
+        "input_seconds": round(sum(r.get("input_seconds") or 0.0 for r in done), 3),
         "output_frames": sum(r["output"]["frames"] for r in done),
         "bytes_in": sum(r["input"]["size"] for r in done),
         "bytes_out": sum(r["output"]["bytes"] for r in done),

@@ -6,6 +6,7 @@ file; the stage accounts for every video, skips finished work, and resumes after
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -184,6 +185,17 @@ def test_compress_all_accounts_for_every_video_and_skips_finished(inputs, tmp_pa
     assert all(after[k] != v for k, v in _stat(out).items())
 
 
+def test_one_run_per_output_folder(tmp_path):
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(UserError, match="another compress run is working in this folder"):
+            compress_all([Video("a", "a.mp4")], tmp_path, CompressConfig())
+    finally:
+        os.close(fd)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_manifest_and_params_are_checked():
     with pytest.raises(UserError, match="entry 2 .*'video_id' is a duplicate"):
         check_videos([Video("a", "x.mp4"), Video("a", "y.mp4")], Path("videos.jsonl"))
@@ -285,8 +297,8 @@ def test_tools_die_with_a_killed_worker(tmp_path):
     script = (
         "from vidmem.video import die_with_parent, _run_tool\n"
         "die_with_parent()\n"
-        f"_run_tool(['ffmpeg', '-v', 'error', '-re', '-f', 'lavfi', '-i', 'testsrc=duration=30', '-f', 'null',"
-        f" {marker!r}], 'x', None)\n"
+        "_run_tool(['ffmpeg', '-v', 'error', '-re', '-f', 'lavfi', '-i', 'testsrc=duration=30',"
+        f" '-f', 'null', {marker!r}], 'x', None)\n"
     )
     worker = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT)})
 

@@ -30,6 +30,9 @@ from vidmem.common import UserError, atomic_path
 
 FFMPEG = "ffmpeg"
 FFPROBE = "ffprobe"
+# Bump when `compress_command` changes its output in a way its arguments do not show: callers key finished
+# outputs to (arguments, COMMAND_VERSION) and redo the rest.
+COMMAND_VERSION = 1
 
 # Formats ffprobe reports for single pictures: a still image is not a video, even when named .mp4.
 _IMAGE_FORMATS = re.compile(r"^(image2|.*_pipe)$")
