@@ -194,7 +194,6 @@ def _compress_all(videos: list[Video], out_dir: Path, cfg: CompressConfig) -> di
         log.info("removed %d temporary file(s) left by an interrupted run", n)
     encode = cfg.encode()
     phash = params_hash(encode)
-    version = ffmpeg_version()
     t0 = time.perf_counter()
 
     ledger = Ledger(out_dir / LEDGER_NAME)
@@ -205,8 +204,8 @@ def _compress_all(videos: list[Video], out_dir: Path, cfg: CompressConfig) -> di
                                                   cfg.retry_failed)]
     # Longest first, so the pool does not end waiting on one long video.
     todo.sort(key=lambda v: (-(v.duration or 0.0), -(sigs[v.video_id]["size"] or 0)))
-    log.info("%d videos: %d up to date, %d to compress with %d worker(s), ffmpeg %s",
-             len(videos), len(videos) - len(todo), len(todo), cfg.n_workers(), version)
+    log.info("%d videos: %d up to date, %d to compress with %d worker(s)",
+             len(videos), len(videos) - len(todo), len(todo), cfg.n_workers())
 
     with ledger:
         if todo:
@@ -217,6 +216,8 @@ def _compress_all(videos: list[Video], out_dir: Path, cfg: CompressConfig) -> di
                                 cfg.timeout_s): v
                     for v in todo
                 }
+                version = ffmpeg_version()  # asked while the workers start on the first videos
+                log.info("ffmpeg %s", version)
                 for fut in tqdm(as_completed(futures), total=len(futures), desc="compress", unit="video",
                                 disable=None):
                     v = futures[fut]
