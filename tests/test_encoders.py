@@ -153,6 +153,16 @@ def test_text_tokens_are_pre_projection_features(tiny):
     assert torch.allclose(feats[torch.arange(3), eot] @ tiny.model.text_projection, sent, atol=1e-6)
 
 
+def test_trimmed_text_forward_equals_open_clip_full_context(tiny):
+    tok = tiny.tokenize(["a red circle moves left", "two squares", "a star spins quickly and then stops"])
+    with torch.inference_mode():
+        ours = tiny.encode_text(tok)
+        full = tiny.model.encode_text(tok)  # open_clip: all 77 columns
+        feats, eot = tiny.text_tokens(tok)
+    assert torch.allclose(ours, full, atol=1e-5)
+    assert not feats[:, int(eot.max()) + 1:].any()  # the all-padding tail is zero
+
+
 def test_preprocess_portrait_and_landscape_match_open_clip_val_transform(tiny):
     val = open_clip.image_transform(224, is_train=False)  # open_clip's PIL val transform (OpenAI constants)
     from models.encoders import FrameTransform

@@ -1,0 +1,68 @@
+"""The text memory bank: one CLIP text vector per train event sentence, with the sentence and its video id.
+
+Built from the text feature store (the tuned CLIP text tower's projected sentence vectors, the same space as
+the frame features) and the manifest's train events, one entry per (video, sentence) in manifest order —
+CM2's three bank files (embeddings, sentences, video ids) as one zarr group:
+
+    feats       (N, E) float16 sentence vectors
+    ids         (N,)   entry ids "<video_id>/<k>"
+    sentences   (N,)   str
+    video_ids   (N,)   str   (retrieval excludes a video's own sentences in training by this)
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from vidmem.common import UserError
+from vidmem.manifest import Manifest
+from vidmem.store import ArraySpec, FeatureStore, ShardedWriter
+
+
+def bank_entries(manifest: Manifest, split: str = "train") -> list[tuple[str, str]]:
+    """(video_id, sentence) of every event of `split`, deduplicated within a video, in manifest order."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for e in manifest.events:
+        if e.split == split and (e.video_id, e.sentence) not in seen:
+            seen.add((e.video_id, e.sentence))
+            out.append((e.video_id, e.sentence))
+    return out
+
+
+def write_bank(path: str | os.PathLike, entries: list[tuple[str, str]], text: FeatureStore) -> int:
+    if not entries:
+        raise UserError("bank: the manifest has no train events to remember")
+    missing = [s for _, s in entries if s not in text]
+    if missing:
+        raise UserError(f"{text.path}: {len(missing)} bank sentences have no text features (e.g. {missing[0]!r}); "
+                        "re-run `dvc repro extract@text`")
+    vectors = np.stack([text.get(s, "sentence")[0] for _, s in entries]).astype(np.float16)
+    counters: dict[str, int] = {}
+    ids = []
+    for vid, _ in entries:
+        ids.append(f"{vid}/{counters.get(vid, 0)}")
+        counters[vid] = counters.get(vid, 0) + 1
+    writer = ShardedWriter(
+        path, ids, [1] * len(ids), {"feats": ArraySpec((vectors.shape[1],), "float16")},
+        {"kind": "bank", "source": str(text.path), "encoder": text.attrs.get("encoder"),
+         "checkpoint_sha256": text.attrs.get("checkpoint_sha256")},
+        rows_per_chunk=4096, chunks_per_shard=4,
+        item_arrays={"sentences": np.asarray([s for _, s in entries], dtype=object),
+                     "video_ids": np.asarray([v for v, _ in entries], dtype=object)},
+    )
+    writer.prepare()
+    writer.fill(range(writer.n_shards), lambda idx: [{"feats": vectors[i : i + 1]} for i in idx])
+    writer.finish()
+    return len(ids)
+
+
+def read_bank(path: str | os.PathLike) -> tuple[np.ndarray, list[str], list[str]]:
+    """(vectors [N, E] float32, video ids, sentences)."""
+    store = FeatureStore(path)
+    if store.attrs.get("kind") != "bank":
+        raise UserError(f"{path}: not a memory bank store")
+    vectors = np.asarray(store.array("feats")[:], dtype=np.float32)
+    return vectors, [str(v) for v in store.root["video_ids"][:]], [str(s) for s in store.root["sentences"][:]]
