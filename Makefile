@@ -7,8 +7,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian package that provides each command the pipeline calls.
-SYSTEM_TOOLS := ffmpeg:ffmpeg ffprobe:ffmpeg espeak-ng:espeak-ng java:openjdk-17-jre-headless
+# Debian package that provides each command the pipeline calls (g++: the tests run the CUDA kernels' sources
+# on CPU threads).
+SYSTEM_TOOLS := ffmpeg:ffmpeg ffprobe:ffmpeg espeak-ng:espeak-ng java:openjdk-17-jre-headless g++:g++
 PYTEST_ARGS ?=
 # Stages call `python`, `dvc`, `torchrun`: the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -60,8 +61,11 @@ test: install
 test-all: install
 	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
 
+## Benchmarks: each prints a ratio against a baseline measured in the same run (README, Performance).
 bench: install
 	$(BIN)/python -m bench.compress
+	$(BIN)/python -m bench.extract
+	$(BIN)/python -m bench.kernels --threads 1
 
 ## Regenerate constraints.txt from the current environment after changing requirements.txt.
 lock: venv

@@ -2,8 +2,10 @@
 
 Reads `params.clip` (which model and starting weights) and `params.finetune_clip`; writes
 `data/checkpoints/clip.pt` (`{"state_dict", "params", "epoch"}`, loadable as `clip.pretrained`) and
-`metrics/clip.json` with frame→sentence retrieval on val before and after tuning. `epochs: 0` keeps the given
-weights. A killed run resumes from the last finished epoch (kept under data/.work/ until the stage succeeds).
+`metrics/clip.json` with frame→sentence retrieval on val before and after tuning. The weights kept are those
+of the epoch with the best val retrieval (R@1 + R@5): on a small train split the towers overfit, and later
+epochs retrieve worse. `epochs: 0` keeps the given weights. A killed run resumes from the last finished epoch
+(kept under data/.work/ until the stage succeeds).
 """
 from __future__ import annotations
 
@@ -20,6 +22,10 @@ from vidmem.manifest import Manifest
 from vidmem.training import live_logger
 
 log = logging.getLogger("stages.finetune_clip")
+
+
+def clone(state: dict) -> dict:
+    return {k: v.detach().clone() for k, v in state.items()}
 
 OUT = Path("data/checkpoints/clip.pt")
 METRICS = Path("metrics/clip.json")
@@ -42,23 +48,29 @@ def main() -> None:
     work = Path("data/.work") / f"finetune_clip-{params_hash([clip_p, tune_p])}"
     last = work / "last.pt"
     state = None
+    best = {"epoch": 0, "score": before["r1"] + before["r5"], "state_dict": clone(encoder.model.state_dict())}
     if last.is_file():
         saved = torch.load(last, map_location="cpu", weights_only=False)
         encoder.model.load_state_dict(saved["state_dict"])
-        state = saved["state"]
+        state, best = saved["state"], saved["best"]
         log.info("resuming from %s (epoch %d of %d)", last, state["epoch"], cfg.epochs)
 
-    live = live_logger("finetune_clip")
+    live = live_logger("finetune_clip", resume=state is not None)
 
     def on_epoch(epoch: int, loss: float, st: dict) -> None:
-        log.info("epoch %d/%d: loss %.4f", epoch, cfg.epochs, loss)
-        live.log({"loss": loss}, step=epoch)
+        r = frame_to_text_retrieval(encoder, val, manifest, "val")
+        log.info("epoch %d/%d: loss %.4f, val R@1 %.3f R@5 %.3f", epoch, cfg.epochs, loss, r["r1"], r["r5"])
+        live.log({"loss": loss, "val_r1": r["r1"], "val_r5": r["r5"]}, step=epoch)
+        if r["r1"] + r["r5"] > best["score"]:
+            best.update(epoch=epoch, score=r["r1"] + r["r5"], state_dict=clone(encoder.model.state_dict()))
         work.mkdir(parents=True, exist_ok=True)
         with atomic_path(last) as tmp:
-            torch.save({"state_dict": encoder.model.state_dict(), "state": st}, tmp)
+            torch.save({"state_dict": encoder.model.state_dict(), "state": st, "best": best}, tmp)
 
     if cfg.epochs > 0 and train:
         tune(encoder, train, cfg, state, on_epoch)
+        encoder.model.load_state_dict(best["state_dict"])
+        log.info("keeping epoch %d (best val R@1 + R@5)", best["epoch"])
     after = frame_to_text_retrieval(encoder, val, manifest, "val")
     log.info("tuned:   val frame→sentence R@1 %.3f R@5 %.3f (chance %.3f)", after["r1"], after["r5"], after["chance_r1"])
     print(f"val frame→sentence R@1: untuned {before['r1']:.3f}  tuned {after['r1']:.3f}  "
@@ -67,8 +79,8 @@ def main() -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(OUT) as tmp:
         torch.save({"state_dict": encoder.model.state_dict(), "params": {"clip": clip_p, "finetune_clip": tune_p},
-                    "epoch": cfg.epochs}, tmp)
-    write_json(METRICS, {"val_untuned": before, "val_tuned": after,
+                    "epoch": best["epoch"]}, tmp)
+    write_json(METRICS, {"val_untuned": before, "val_tuned": after, "best_epoch": best["epoch"],
                          "train_videos": len(train), "train_spans": sum(len(v.spans) for v in train)})
     live.close()
     shutil.rmtree(work, ignore_errors=True)

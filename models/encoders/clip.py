@@ -45,6 +45,7 @@ class ClipConfig:
     quick_gelu: bool | None = None    # None: auto (OpenAI TorchScript files, tags that need it, -quickgelu)
     image_size: int | None = None     # override the config's input size (position embeddings are resized)
     precision: str = "fp32"           # fp32 | fp16 | bf16
+    resize_mode: str | None = None    # None: the config's (CLIP: shortest side + center crop) | squash (whole frame)
     seed: int = 0                     # random init when pretrained is none
     cache_dir: str | None = None      # where a tag's download goes (open_clip's default when None)
 
@@ -132,6 +133,7 @@ def _create(cfg: ClipConfig, pretrained: str | None, quick_gelu: bool,
         device=device,
         force_quick_gelu=quick_gelu,
         force_image_size=cfg.image_size,
+        force_preprocess_cfg={"resize_mode": cfg.resize_mode} if cfg.resize_mode else None,
         cache_dir=cfg.cache_dir,
     )
 

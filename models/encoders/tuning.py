@@ -34,8 +34,8 @@ class TuningConfig:
     lr: float = 5e-4
     weight_decay: float = 0.1
     warmup_steps: int = 20
-    frames_per_text: int = 2          # frames sampled per (sentence, span) each epoch
-    videos_per_chunk: int = 16        # videos decoded together; pairs are shuffled within a chunk
+    frames_per_text: int = 1          # frames sampled per (sentence, span) each epoch
+    videos_per_chunk: int = 256       # videos decoded together; pairs are shuffled within a chunk
     grad_clip: float = 1.0
     seed: int = 0
     tables: tuple[str, ...] = ("events", "queries", "captions", "hierarchy")
@@ -97,7 +97,7 @@ def collect_spans(manifest: Manifest, split: str, compressed: Path, tables: tupl
 
 @dataclass
 class Pair:
-    frame: torch.Tensor  # preprocessed [3, S, S] (videos differ in size and orientation)
+    frame: torch.Tensor  # preprocessed [3, S, S] float16 (videos differ in size and orientation)
     valid: frozenset[str]
 
 
@@ -116,7 +116,7 @@ def sample_pairs(video: VideoTexts, k: int, rng: np.random.Generator,
         if len(inside) == 0:  # a span shorter than the frame spacing: nearest frame
             inside = np.asarray([int(np.argmin(np.abs(times - (s.start + min(s.end, times[-1])) / 2)))])
         picks.extend(rng.choice(inside, size=min(k, len(inside)), replace=False).tolist())
-    frames = transform(torch.from_numpy(read_frames(vr, picks)))
+    frames = transform(torch.from_numpy(read_frames(vr, picks))).to(torch.float16)  # half the memory
     return [Pair(frames[i], frozenset(video.valid_at(times[p]))) for i, p in enumerate(picks)]
 
 
@@ -151,7 +151,7 @@ def batch_loss(encoder, batch: list[Pair]) -> torch.Tensor:
     for i, p in enumerate(batch):
         for t in p.valid:
             pos[i, col[t]] = 1.0
-    img = encoder.encode_image(torch.stack([p.frame for p in batch]), normalize=True)
+    img = encoder.encode_image(torch.stack([p.frame for p in batch]).float(), normalize=True)
     txt = encoder.encode_text(encoder.tokenize(texts), normalize=True)
     scale = encoder.model.logit_scale.exp().clamp(max=100)
     return multi_positive_infonce(img, txt, pos, scale)

@@ -1,0 +1,103 @@
+"""The whole pipeline through DVC on a tiny config: every stage runs once end to end, a second `dvc repro` is a
+no-op, `dvc exp run -S` reruns what a param change touches and `dvc metrics diff` shows the change.
+
+The repository (tracked and new files, not data/) is copied into a temporary git repo, params.yaml is shrunk to
+a few seconds of SynthVid and models of a few thousand parameters, and the real stages run via `dvc repro`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+TINY_DENSE = {"feature_dim": 128, "hidden": 32, "heads": 2, "ffn_dim": 64, "norm_groups": 8, "num_queries": 4,
+              "max_eseq_length": 4, "max_words": 10, "word_dim": 32, "rnn_size": 32, "att_hid": 32,
+              "duration_unit_s": 0.5, "lr": 1.0e-3, "batch_size": 2, "epochs": 1, "select_by": "meteor_soda"}
+
+
+def tiny_params(params: dict) -> dict:
+    s = params["synth"]
+    s["short"].update(count={"train": 4, "val": 2, "test": 2}, duration=[10, 12], events=[2, 3])
+    s["long"].update(count={"train": 1, "val": 1, "test": 1}, duration=[24, 24], segment_sec=12)
+    s["video"].update(size=[160, 120], fps=6)
+    s["events"]["duration"] = [3, 5]
+    s["text"].update(captions_per_video=2, qa_per_video=2)
+    params["finetune_clip"].update(epochs=1, batch_size=16)
+    params["extract"].update(batch_size=16, rows_per_chunk=64, chunks_per_shard=2)
+    params["train"]["pdvc"] = {**TINY_DENSE, "retrieval": False}
+    params["train"]["cm2"] = {**TINY_DENSE, "retrieval": True, "window": 4, "soft_k": 3, "bank_dim": 128}
+    return params
+
+
+def run(root: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "VIDMEM_LOG": "WARNING", "PYTHONPATH": ""}
+    proc = subprocess.run(list(args), cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline") / "repo"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        src = REPO / f
+        if src.is_file() and not f.startswith(("data/", "metrics/", "dvclive/")) and f != "dvc.lock":
+            (root / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, root / f)
+    params = tiny_params(yaml.safe_load((root / "params.yaml").read_text()))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
+        subprocess.run(cmd, cwd=root, check=True)
+    run(root, "dvc", "repro")
+    return root
+
+
+def test_every_stage_ran(project):
+    stages = run(project, "dvc", "stage", "list", "--name-only").stdout.split()
+    assert {"synth", "ingest", "compress", "finetune_clip", "extract@clip", "extract@lavila", "extract@text",
+            "bank", "train@pdvc", "train@cm2", "evaluate@pdvc", "evaluate@cm2", "evaluate@dense_trivial"} <= set(stages)
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert set(stages) <= set(lock)
+    for name in ("synth", "ingest", "compress", "clip", "features_clip", "bank", "pdvc", "cm2", "dense_trivial"):
+        assert (project / "metrics" / f"{name}.json").is_file(), name
+    cm2 = json.loads((project / "metrics" / "cm2.json").read_text())
+    assert {"METEOR", "CIDEr", "Bleu_4", "SODA_c", "Precision", "Recall", "F1"} <= set(cm2)
+    pred = json.loads((project / "data" / "predictions" / "cm2.json").read_text())
+    assert set(pred) >= {"version", "results"} and pred["results"]
+
+
+def test_second_repro_is_a_fast_no_op(project):
+    t = time.perf_counter()
+    out = run(project, "dvc", "repro").stdout
+    elapsed = time.perf_counter() - t
+    assert "Running stage" not in out
+    assert "up to date" in out.lower() or "didn't change" in out.lower()
+    t = time.perf_counter()
+    run(project, "dvc", "repro", "compress")
+    assert time.perf_counter() - t < 3.0, "a no-op `dvc repro compress` must take under 3 s"
+    assert elapsed < 15.0
+
+
+def test_exp_run_reruns_and_metrics_diff_shows_the_change(project):
+    run(project, "git", "add", "-A")
+    run(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline results")
+    out = run(project, "dvc", "exp", "run", "-S", "synth.short.count.train=5", "compress").stdout
+    for stage in ("synth", "ingest", "compress"):
+        assert f"Running stage '{stage}'" in out
+    diff = json.loads(run(project, "dvc", "metrics", "diff", "--json").stdout)
+    changed = {(path, key) for path, metrics in diff.items() for key in metrics}
+    assert any(p.endswith("synth.json") for p, _ in changed) and any(p.endswith("ingest.json") for p, _ in changed)
+    assert any(p.endswith("compress.json") for p, _ in changed)
