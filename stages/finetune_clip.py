@@ -17,9 +17,9 @@ import torch
 
 from models.encoders.clip import ClipConfig, build_clip
 from models.encoders.tuning import TuningConfig, collect_spans, frame_to_text_retrieval, tune
-from vidmem.common import atomic_path, load_params, params_hash, run_stage, section, seed_everything, write_json
+from vidmem.common import atomic_path, load_params, run_stage, section, seed_everything, write_json
 from vidmem.manifest import Manifest
-from vidmem.training import live_logger
+from vidmem.training import inputs_key, write_history
 
 log = logging.getLogger("stages.finetune_clip")
 
@@ -45,27 +45,29 @@ def main() -> None:
     log.info("untuned: val frame→sentence R@1 %.3f R@5 %.3f (chance %.3f, %d queries)",
              before["r1"], before["r5"], before["chance_r1"], before["queries"])
 
-    work = Path("data/.work") / f"finetune_clip-{params_hash([clip_p, tune_p])}"
+    # resumable state, keyed to everything the run depends on (params, code, manifest, compressed videos)
+    key = inputs_key([Path(__file__), Path("models/encoders"), Path("data/manifest"),
+                      compressed / "ledger.jsonl"], extra=[clip_p, tune_p])
+    work = Path("data/.work") / f"finetune_clip-{key[:16]}"
     last = work / "last.pt"
     state = None
     best = {"epoch": 0, "score": before["r1"] + before["r5"], "state_dict": clone(encoder.model.state_dict())}
+    history: list[dict] = []
     if last.is_file():
         saved = torch.load(last, map_location="cpu", weights_only=False)
         encoder.model.load_state_dict(saved["state_dict"])
-        state, best = saved["state"], saved["best"]
+        state, best, history = saved["state"], saved["best"], saved["history"]
         log.info("resuming from %s (epoch %d of %d)", last, state["epoch"], cfg.epochs)
-
-    live = live_logger("finetune_clip", resume=state is not None)
 
     def on_epoch(epoch: int, loss: float, st: dict) -> None:
         r = frame_to_text_retrieval(encoder, val, manifest, "val")
         log.info("epoch %d/%d: loss %.4f, val R@1 %.3f R@5 %.3f", epoch, cfg.epochs, loss, r["r1"], r["r5"])
-        live.log({"loss": loss, "val_r1": r["r1"], "val_r5": r["r5"]}, step=epoch)
+        history.append({"epoch": epoch, "loss": loss, "val_r1": r["r1"], "val_r5": r["r5"]})
         if r["r1"] + r["r5"] > best["score"]:
             best.update(epoch=epoch, score=r["r1"] + r["r5"], state_dict=clone(encoder.model.state_dict()))
         work.mkdir(parents=True, exist_ok=True)
         with atomic_path(last) as tmp:
-            torch.save({"state_dict": encoder.model.state_dict(), "state": st, "best": best}, tmp)
+            torch.save({"state_dict": encoder.model.state_dict(), "state": st, "best": best, "history": history}, tmp)
 
     if cfg.epochs > 0 and train:
         tune(encoder, train, cfg, state, on_epoch)
@@ -82,7 +84,7 @@ def main() -> None:
                     "epoch": best["epoch"]}, tmp)
     write_json(METRICS, {"val_untuned": before, "val_tuned": after, "best_epoch": best["epoch"],
                          "train_videos": len(train), "train_spans": sum(len(v.spans) for v in train)})
-    live.close()
+    write_history("finetune_clip", history)
     shutil.rmtree(work, ignore_errors=True)
 
 

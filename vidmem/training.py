@@ -1,32 +1,49 @@
-"""Training-side plumbing shared by every family: metric logging through DVCLive.
+"""Training-side plumbing shared by every family: what a resumable run depends on, and DVCLive curves.
 
-Each training stage logs per-epoch metrics to `dvclive/<name>/` (plots under `plots/metrics/*.tsv`, the latest
-values in `metrics.json`); dvc.yaml declares those folders as plots, so `dvc plots show/diff` draws them. DVCLive
-is told not to write its own dvc.yaml entries or experiments: the pipeline's dvc.yaml owns that.
+A training stage keeps `last.pt` in a persistent output so a killed run resumes. DVC also reruns a stage when
+its code or input data changed; `inputs_key` fingerprints those inputs, and a run only resumes a checkpoint
+made from the same ones — otherwise it starts over, so the outputs always follow the inputs.
+
+Curves go to `dvclive/<name>/` (plots under `plots/metrics/*.tsv`, the latest values in `metrics.json`);
+dvc.yaml declares those folders as plots, so `dvc plots show/diff` draws them. They are written from the run's
+whole history when training ends, so a resumed run still shows every epoch. DVCLive is told not to write its
+own dvc.yaml entries or experiments: the pipeline's dvc.yaml owns that.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 
-class LiveLogger:
-    def __init__(self, name: str, resume: bool = False):
-        from dvclive import Live
-
-        self.live = Live(dir=f"dvclive/{name}", resume=resume, dvcyaml=False, save_dvc_exp=False, report=None)
-
-    def log(self, metrics: dict[str, Any], step: int) -> None:
-        self.live.step = step
-        for key, value in metrics.items():
-            self.live.log_metric(key, float(value))
-        self.live.next_step()
-
-    def close(self) -> None:
-        self.live.end()
+def inputs_key(paths: Iterable[str | os.PathLike], extra: Any = None) -> str:
+    """sha256 over the relative names and bytes of the given files (folders: every file below, no caches)."""
+    h = hashlib.sha256(repr(extra).encode())
+    for root in map(Path, paths):
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for f in files:
+            if "__pycache__" in f.parts:
+                continue
+            h.update(str(f).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
 
 
-def live_logger(name: str, resume: bool = False) -> LiveLogger:
-    return LiveLogger(name, resume)
+def write_history(name: str, history: Iterable[Mapping[str, Any]], step_key: str = "epoch") -> None:
+    """Write a run's per-epoch metrics as DVCLive curves in dvclive/<name>/ (replacing what was there)."""
+    from dvclive import Live
+
+    live = Live(dir=f"dvclive/{name}", resume=False, dvcyaml=False, save_dvc_exp=False, report=None)
+    for row in history:
+        live.step = int(row[step_key])
+        for key, value in row.items():
+            if key != step_key and isinstance(value, (int, float)):
+                live.log_metric(key, float(value))
+        live.next_step()
+    live.end()
+    (Path(live.dir) / "plots" / "metrics").mkdir(parents=True, exist_ok=True)  # the declared output, even if empty

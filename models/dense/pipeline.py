@@ -21,7 +21,7 @@ from vidmem.bank import read_bank
 from vidmem.common import UserError, section, write_json
 from vidmem.manifest import Manifest
 from vidmem.store import FeatureStore
-from vidmem.training import live_logger
+from vidmem.training import inputs_key, write_history
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,11 @@ def train_stage(name: str, params: dict[str, Any]) -> None:
             log.info("epoch %d val METEOR %.4f SODA_c %.4f", epoch, s["METEOR"], s["SODA_c"])
             return s["METEOR"] + s["SODA_c"]
 
-    out = CHECKPOINTS / name
-    live = live_logger(name, resume=(out / "last.pt").exists())
-    result = train(cfg, train_ds, val_ds, out, bank, log=live.log, score_fn=score_fn)
-    live.close()
+    code = [Path(__file__).parent, Path(__file__).parents[2] / "kernels"]
+    data = [MANIFEST / "events.jsonl", MANIFEST / "vocab.json", FEATURES / "zarr.json", FEATURES / "plan.json"]
+    run_key = inputs_key(code + data + ([BANK] if cfg.retrieval else []), extra=select)
+    result = train(cfg, train_ds, val_ds, CHECKPOINTS / name, bank, score_fn=score_fn, run_key=run_key)
+    write_history(name, result.history)
     log.info("%s: best epoch %d (score %.4f)", name, result.best_epoch, result.best_score)
 
 
@@ -113,7 +114,7 @@ def evaluate_stage(name: str, params: dict[str, Any]) -> dict[str, Any]:
         ds = DenseCaptionDataset.from_manifest(manifest, "test", feats, annotator=None, max_words=cfg.max_words,
                                                on_missing="skip")
         model = load_model(CHECKPOINTS / name / "best.pt")
-        results = predict(model, ds, load_bank() if cfg.retrieval else None, batch_size=cfg.batch_size)
+        results = predict(model, ds, load_bank() if cfg.retrieval else None, batch_size=cfg.batch_size)["results"]
     write_predictions(PREDICTIONS / f"{name}.json", results)
     scores = evaluate_dense(results, refs)
     summary = {k: scores[k] for k in ("METEOR", "CIDEr", "Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L",

@@ -160,11 +160,14 @@ def train(
     log: MetricsLog | None = None,
     score_fn: ScoreFn | None = None,
     device: torch.device | str | None = None,
+    run_key: str = "",
 ) -> TrainResult:
     """Train for cfg.epochs: `last.pt` every epoch, `best.pt` on a better score; resumes from `last.pt`.
 
     log(metrics, epoch) receives train/val losses, lr and the score after every epoch (plug dvclive here).
     score_fn(model, epoch) → higher-is-better selection score; default −(validation loss).
+    run_key: identity of everything else the run depends on (code, features, bank); `last.pt` is only resumed
+    when it matches, so a rerun caused by changed inputs trains afresh instead of continuing a stale run.
     """
     if len(train_ds) == 0:
         raise UserError("dense model: the training split has no videos with events")
@@ -187,13 +190,14 @@ def train(
 
     if last_path.exists():
         ckpt = torch.load(last_path, map_location=device, weights_only=False)
-        if _resume_key(ckpt.get("params", {}), ckpt.get("vocab_size", -1)) == _resume_key(params, vocab_size):
+        same = _resume_key(ckpt.get("params", {}), ckpt.get("vocab_size", -1)) == _resume_key(params, vocab_size)
+        if same and ckpt.get("run_key", "") == run_key:
             model.load_state_dict(ckpt["state_dict"])
             optimizer.load_state_dict(ckpt["optimizer"])
             state = {k: ckpt[k] for k in state}
             _log.info("resuming from %s after epoch %d", last_path, state["epoch"])
         else:
-            _log.warning("%s was trained with other params; starting over", last_path)
+            _log.warning("%s was trained with other params or inputs; starting over", last_path)
 
     for epoch in range(state["epoch"], cfg.epochs):
         lr = lr_at(cfg, epoch)
@@ -260,6 +264,7 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "params": params,
                 "vocab_size": vocab_size,
+                "run_key": run_key,
                 **state,
             },
         )
