@@ -53,7 +53,8 @@ def project(tmp_path_factory) -> Path:
                            text=True, check=True).stdout.split()
     for f in files:
         src = REPO / f
-        if src.is_file() and not f.startswith(("data/", "metrics/", "dvclive/")) and f != "dvc.lock":
+        results = f.startswith(("data/", "dvclive/")) or (f.startswith("metrics/") and f.endswith(".json"))
+        if src.is_file() and not results and f != "dvc.lock":
             (root / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, root / f)
     params = tiny_params(yaml.safe_load((root / "params.yaml").read_text()))
