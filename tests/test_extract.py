@@ -180,3 +180,19 @@ def test_video_failing_part_way_is_listed_not_zero_filled(tmp_path):
     assert "vid_c" not in store and store.ids == ["vid_a", "vid_b", "vid_d"]
     ledger = {r["key"]: r for r in map(json.loads, (store.path / "ledger.jsonl").read_text().splitlines())}
     assert ledger["vid_c"]["status"] == "failed" and "part-way" in ledger["vid_c"]["reason"]
+
+
+def test_row_ranges_equal_the_whole_video_bit_for_bit(project):
+    from models.encoders.timesformer import VideoEncoder
+    from vidmem.extract import ClipFrameExtractor, WindowExtractor, aligned_batches
+
+    assert aligned_batches(5, 17, 4) == ([(4, 8), (8, 12), (12, 16), (16, 20)], 1)
+    encoder = load_encoder(project)
+    path = project / "data" / "compressed" / "vid_d.mp4"  # 13 s: 39 frames, 4 windows
+    for ex in (ClipFrameExtractor(encoder, 4), WindowExtractor(VideoEncoder.from_clip(encoder).eval(), 3, 4.0, 4)):
+        whole = ex.compute(path)
+        n = len(whole["feats"])
+        for lo, hi in ((0, n), (1, n - 1), (n // 2, n // 2 + 1), (2, 3)):
+            part = ex.compute(path, lo, hi)
+            for key in whole:
+                np.testing.assert_array_equal(part[key], whole[key][lo:hi])

@@ -56,7 +56,7 @@ def _text_store(path: Path, texts: list[str], dim: int = 4) -> FeatureStore:
     w = ShardedWriter(path, texts, [1] * len(texts), {"sentence": ArraySpec((dim,), "float16")}, {"kind": "text"},
                       rows_per_chunk=2, chunks_per_shard=2)
     w.prepare()
-    w.fill(range(w.n_shards), lambda idx: [{"sentence": np.full((1, dim), i, np.float16)} for i in idx])
+    w.fill(range(w.n_shards), lambda reqs: [{"sentence": np.full((1, dim), i, np.float16)} for i, _, _ in reqs])
     w.finish()
     return FeatureStore(path)
 

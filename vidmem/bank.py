@@ -54,7 +54,7 @@ def write_bank(path: str | os.PathLike, entries: list[tuple[str, str]], text: Fe
                      "video_ids": np.asarray([v for v, _ in entries], dtype=object)},
     )
     writer.prepare()
-    writer.fill(range(writer.n_shards), lambda idx: [{"feats": vectors[i : i + 1]} for i in idx])
+    writer.fill(range(writer.n_shards), lambda reqs: [{"feats": vectors[i : i + 1]} for i, _, _ in reqs])
     writer.finish()
     return len(ids)
 

@@ -1,9 +1,10 @@
 """Feature extraction into the feature store: CLIP per frame, a TimeSformer per window, CLIP text per sentence.
 
-Each extractor plans the store (item ids and row counts: frames, windows, or 1 per sentence) and computes the
-rows of a batch of items. Videos are decoded in bounded batches with a prefetch thread; compute is per item with
-a fixed batch partition, so a video's rows are identical whichever process computes them and whatever else is
-in its shard (the store's resume and torchrun guarantees rest on that).
+Each extractor plans the store (item ids and row counts: frames, windows, or 1 per sentence) and computes a
+requested range of an item's rows. Videos are decoded in bounded batches with a prefetch thread. Batches are
+aligned to the item's start (rows [k·B, (k+1)·B)), and a range computes the aligned batches that cover it, so a
+row's value is identical whichever process computes it, whatever range it was asked for, and whatever else is
+in its shard — the store's resume and torchrun guarantees rest on that.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 from models.encoders.clip import ClipConfig, build_clip, checkpoint_hash
 from models.encoders.timesformer import VideoEncoder
 from vidmem.common import UserError, file_hash, section, write_json, write_jsonl
-from vidmem.decode import DecodeError, batched, frame_times, open_video, prefetch, read_frames, video_end, window_frames
+from vidmem.decode import DecodeError, batched, decode_groups, frame_times, open_video, prefetch, video_end, window_frames
 from vidmem.dist import init_from_env
 from vidmem.ledger import Ledger
 from vidmem.manifest import Manifest
@@ -88,6 +89,12 @@ def plan_videos(manifest: Manifest, compressed: Path, compress_ledger: dict[str,
     return Plan(ids, lengths, paths, failed)
 
 
+def aligned_batches(lo: int, hi: int, size: int) -> tuple[list[tuple[int, int]], int]:
+    """Item-aligned batches [k·size, (k+1)·size) covering rows [lo, hi), and the offset of `lo` in the first."""
+    first = (lo // size) * size
+    return [(a, a + size) for a in range(first, hi, size)], lo - first
+
+
 @torch.inference_mode()
 def _forward_batches(fn, batches: Iterator[np.ndarray]) -> np.ndarray:
     outs = [fn(b) for b in prefetch(batches)]
@@ -114,12 +121,16 @@ class ClipFrameExtractor:
         x = self.encoder.preprocess(torch.from_numpy(frames))
         return self.encoder.encode_image(x).float().numpy()
 
-    def compute(self, path: Path) -> dict[str, np.ndarray]:
+    def compute(self, path: Path, lo: int = 0, hi: int | None = None) -> dict[str, np.ndarray]:
+        """Frames [lo, hi) of the video (all by default)."""
         vr = open_video(path)
+        n = len(vr)
+        hi = n if hi is None else hi
         times = frame_times(vr)
-        batches = (read_frames(vr, range(a, b)) for a, b in batched(len(vr), self.batch_size))
-        feats = _forward_batches(self._encode, batches)
-        return {"feats": feats.astype(np.float16), "times": times.astype(np.float32)}
+        spans, skip = aligned_batches(lo, hi, self.batch_size)
+        batches = decode_groups(vr, [np.arange(a, min(b, n)) for a, b in spans])
+        feats = _forward_batches(self._encode, batches)[skip : skip + hi - lo]
+        return {"feats": feats.astype(np.float16), "times": times[lo:hi].astype(np.float32)}
 
 
 class WindowExtractor:
@@ -153,17 +164,22 @@ class WindowExtractor:
             return self.encoder.visual.forward_features(x).float().numpy()  # [B, 1 + T*P, W], CLS first
         return self.encoder(x).float().numpy()
 
-    def compute(self, path: Path) -> dict[str, np.ndarray]:
+    def compute(self, path: Path, lo: int = 0, hi: int | None = None) -> dict[str, np.ndarray]:
+        """Windows [lo, hi) of the video (all by default)."""
         vr = open_video(path)
         times = frame_times(vr)
         starts, idx = window_frames(times, video_end(vr), self.window, self.frames)
+        n = len(starts)
+        hi = n if hi is None else hi
+        spans, skip = aligned_batches(lo, hi, self.batch_size)
 
         def clips() -> Iterator[np.ndarray]:
-            for a, b in batched(len(starts), self.batch_size):
-                flat = read_frames(vr, idx[a:b].reshape(-1))
-                yield flat.reshape(b - a, self.frames, *flat.shape[1:])
+            groups = [idx[a : min(b, n)] for a, b in spans]
+            for g, flat in zip(groups, decode_groups(vr, groups)):
+                yield flat.reshape(len(g), self.frames, *flat.shape[1:])
 
-        out = _forward_batches(self._encode, clips())
+        out = _forward_batches(self._encode, clips())[skip : skip + hi - lo]
+        starts = starts[lo:hi]
         result = {"times": starts.astype(np.float32)}
         if self.dense_tokens:
             result["feats"] = out[:, 0].astype(np.float16)
@@ -280,8 +296,8 @@ def _extract_once(kind: str, params: dict[str, Any], root: Path, d) -> dict[str,
         texts = manifest_texts(manifest)
         ids, lengths, failed = texts, [1] * len(texts), {}
 
-        def compute_items(idx: list[int]) -> list[dict]:
-            return extractor.compute_many([texts[i] for i in idx])
+        def compute_rows(requests: list[tuple[int, int, int]]) -> list[dict]:
+            return extractor.compute_many([texts[i] for i, _, _ in requests])  # one row per sentence
     else:
         ledger_path = root / COMPRESSED / "ledger.jsonl"
         compress_ledger = Ledger(ledger_path).rows() if ledger_path.exists() else {}
@@ -290,11 +306,11 @@ def _extract_once(kind: str, params: dict[str, Any], root: Path, d) -> dict[str,
         ids, lengths, failed = plan.ids, plan.lengths, plan.failed
         attrs["fps"] = float(section(params, "compress")["fps"])
 
-        def compute_items(idx: list[int]) -> list[dict]:
+        def compute_rows(requests: list[tuple[int, int, int]]) -> list[dict]:
             outs = []
-            for i in idx:
+            for i, lo, hi in requests:
                 try:
-                    outs.append(extractor.compute(plan.paths[i]))
+                    outs.append(extractor.compute(plan.paths[i], lo, hi))
                 except DecodeError as e:
                     reason = f"data/compressed/{ids[i]}.mp4: failed to decode part-way: {e.reason}"
                     bad.record(ids[i], "failed", reason=reason, fingerprint=fingerprint(plan.paths[i]))
@@ -308,7 +324,7 @@ def _extract_once(kind: str, params: dict[str, Any], root: Path, d) -> dict[str,
         log.info("%s: %d items, %d rows, %d shards, %d rank(s)", out, len(ids), writer.n_rows, writer.n_shards,
                  d.world)
     d.barrier()
-    writer.fill(writer.shards_for_rank(d.rank, d.world), compute_items, rank=d.rank)
+    writer.fill(writer.shards_for_rank(d.rank, d.world), compute_rows, rank=d.rank)
     d.barrier()
     if d.main:
         writer.finish()

@@ -199,46 +199,41 @@ class ShardedWriter:
     def fill(
         self,
         shards: Iterable[int],
-        compute_items: Callable[[list[int]], list[dict[str, np.ndarray]]],
+        compute_rows: Callable[[list[tuple[int, int, int]]], list[dict[str, np.ndarray]]],
         rank: int = 0,
     ) -> None:
         """Compute and write the given shards, skipping done ones.
 
-        `compute_items(indices)` returns, for each item index, every per-row array of that item (rows =
-        lengths[i]); it is called once per shard with the shard's items that are not cached, so it can batch
-        across items. The last item of a shard is kept for the next one (items straddling shard borders are
-        computed once per process).
+        `compute_rows(requests)` gets one (item index, first row, stop row) per item of a shard — rows counted
+        within the item — and returns those rows of every per-row array, per request. Only a shard's rows are
+        ever computed or held, so memory follows the shard size, not the length of the longest video, and two
+        ranks sharing a long video each compute only their part. Extractors compute fixed, item-aligned
+        batches, so a row's value never depends on which request produced it.
         """
         if self.is_complete() or self.n_rows == 0:
             return
         done = self.done_shards()
-        cache: dict[int, dict[str, np.ndarray]] = {}
         for j in shards:
             if j in done:
                 continue
             a, b = self.shard_rows(j)
-            items = list(self.items_in_shard(j))
-            todo = [i for i in items if i not in cache]
-            if todo:
-                outs = compute_items(todo)
-                if len(outs) != len(todo):
-                    raise RuntimeError(f"compute_items returned {len(outs)} results for {len(todo)} items")
-                cache = {i: cache[i] for i in items if i in cache}
-                cache.update(zip(todo, outs))
+            requests = []
+            for i in self.items_in_shard(j):
+                start = int(self.offsets[i])
+                lo, hi = max(a, start), min(b, int(self.offsets[i + 1]))
+                if hi > lo:
+                    requests.append((i, lo - start, hi - start))
+            outs = compute_rows(requests)
+            if len(outs) != len(requests):
+                raise RuntimeError(f"compute_rows returned {len(outs)} results for {len(requests)} requests")
             parts: dict[str, list[np.ndarray]] = {name: [] for name in self.arrays}
-            for i in items:
-                out = cache[i]
-                lo, hi = max(a, self.offsets[i]), min(b, self.offsets[i + 1])
-                start = self.offsets[i]
+            for (i, lo, hi), out in zip(requests, outs):
                 for name in self.arrays:
-                    arr = out[name]
-                    if len(arr) != self.lengths[i]:
-                        raise RuntimeError(
-                            f"item {self.ids[i]!r}: {name} has {len(arr)} rows, planned {self.lengths[i]}"
-                        )
-                    parts[name].append(arr[lo - start : hi - start])
+                    if len(out[name]) != hi - lo:
+                        raise RuntimeError(f"item {self.ids[i]!r}: {name} has {len(out[name])} rows for "
+                                           f"requested rows {lo}..{hi}")
+                    parts[name].append(out[name])
             self.write_shard(j, {n: np.concatenate(p) for n, p in parts.items()}, rank)
-            cache = {items[-1]: cache[items[-1]]}  # only the straddling candidate survives
 
 
 class FeatureStore:
