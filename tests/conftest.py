@@ -30,3 +30,14 @@ def ffmpeg_bin() -> str:
     path = shutil.which("ffmpeg")
     assert path, "ffmpeg is required (make installs it)"
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread is faster, and far faster when other jobs share the 2 cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

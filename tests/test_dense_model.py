@@ -28,13 +28,7 @@ from vidmem.common import UserError
 WORDS = ["<unk>", "a", "red", "circle", "moves", "left", "square", "grows"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster when other jobs share the 2 cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 VOCAB = Vocab.from_json(

@@ -11,12 +11,7 @@ from test_dense_model import tiny_bank, tiny_cfg, tiny_dataset
 from models.dense.train import load_model, predict, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Killed(Exception):
