@@ -139,6 +139,33 @@ def test_second_run_keeps_complete_store(project):
     assert time.time() - t < 60
 
 
+def test_changed_extraction_code_recomputes_the_store(project, tmp_path, monkeypatch):
+    """A persisted store made by other extraction code is not resumed as up to date: it is computed again."""
+    import vidmem.extract as ex
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "extract.py").write_text("# version 1\n")
+    monkeypatch.setattr(ex, "PROJECT", code)
+    monkeypatch.setattr(ex, "CODE", ("extract.py",))
+    store = project / "data" / "features" / "text.zarr"
+    run_in_process(project, "text")
+    first = FeatureStore(store)
+    key1, feats = first.attrs["code_sha256"], np.asarray(first.root["sentence"][:])
+    run_in_process(project, "text")
+    assert FeatureStore(store).attrs["code_sha256"] == key1  # same code: kept
+    (code / "extract.py").write_text("# version 2\n")
+    marker = store / "plan.json"
+    before = marker.stat().st_mtime_ns
+    run_in_process(project, "text")
+    again = FeatureStore(store)
+    assert again.attrs["code_sha256"] != key1
+    assert marker.stat().st_mtime_ns != before  # planned and written again, not resumed
+    np.testing.assert_array_equal(np.asarray(again.root["sentence"][:]), feats)
+    monkeypatch.undo()
+    run_in_process(project, "text")  # leave the shared project as the other tests expect it
+
+
 def test_kill_and_resume_is_byte_identical(tmp_path):
     ref = make_project(tmp_path / "ref", batch_size=2, rows_per_chunk=4, extra_video_seconds=30)
     run_in_process(ref, "clip")

@@ -85,19 +85,18 @@ def setup_logging(level: int | str | None = None) -> None:
     )
 
 
-def bound_heap_growth(mmap_threshold: int = 16 << 20, arenas: int = 2) -> None:
-    """Keep glibc's heap from growing with video length: few arenas, a fixed mmap threshold.
+def bound_heap_growth(arenas: int = 2) -> None:
+    """Keep glibc's heap from growing with video length: at most `arenas` malloc arenas.
 
-    glibc raises its mmap threshold after the first large free, and gives each thread its own arena; decoded
-    frame chunks (tens of MB) then come from heaps that fragment across the decode and compute threads. A fixed
-    16 MB threshold returns chunk buffers to the OS on free, and two arenas bound the fragmentation, without
-    the page-fault cost of mmapping every batch (a 1 MB threshold cut single-thread throughput by ~40%).
-    Measured by `python -m bench.extract` (README, Performance). A no-op off glibc.
+    glibc gives each thread its own arena; decoded frame chunks and batch tensors (tens of MB) then fragment
+    across the decode and compute threads' heaps. Two arenas kept a 60-minute video's peak memory at 1.15x a
+    1-minute one's. A fixed 16 MB mmap threshold as well gave 1.10x but cost ~14% of extract throughput in page
+    faults (and a 1 MB one ~40%), so the threshold stays glibc's. Measured by `python -m bench.extract`
+    (README, Performance). A no-op off glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-8, int(arenas))  # M_ARENA_MAX
-        libc.mallopt(-3, int(mmap_threshold))  # M_MMAP_THRESHOLD; setting it also stops the dynamic adjustment
     except (OSError, AttributeError):
         pass
 

@@ -25,12 +25,17 @@ from vidmem.dist import init_from_env
 from vidmem.ledger import Ledger
 from vidmem.manifest import Manifest
 from vidmem.store import ArraySpec, ShardedWriter
+from vidmem.training import inputs_key
 
 log = logging.getLogger(__name__)
 
 KINDS = ("clip", "lavila", "text")
 MANIFEST = Path("data/manifest")
 COMPRESSED = Path("data/compressed")
+# The code a store's values come from (as in dvc.yaml's extract deps). Its hash is in the store's attrs and so in
+# its plan: changed extraction code recomputes the store instead of resuming an old one as up to date.
+CODE = ("vidmem/extract.py", "vidmem/store.py", "vidmem/decode.py", "models/encoders")
+PROJECT = Path(__file__).resolve().parents[1]
 CLIP_CHECKPOINT = Path("data/checkpoints/clip.pt")
 FEATURES = Path("data/features")
 
@@ -242,7 +247,8 @@ def build_extractor(kind: str, params: dict[str, Any], root: Path = Path(".")) -
         raise UserError(f"{ckpt_path}: not found; run `dvc repro finetune_clip` first")
     clip = build_clip(ClipConfig.from_params({**section(params, "clip"), "pretrained": str(ckpt_path)}))
     attrs: dict[str, Any] = {"kind": kind, "encoder": clip.cfg.model, "checkpoint": str(CLIP_CHECKPOINT),
-                             "checkpoint_sha256": checkpoint_hash(ckpt_path)}
+                             "checkpoint_sha256": checkpoint_hash(ckpt_path), "batch_size": int(p["batch_size"]),
+                             "code_sha256": inputs_key(CODE, root=PROJECT)}
     if kind == "clip":
         return ClipFrameExtractor(clip, p["batch_size"]), attrs
     if kind == "text":
