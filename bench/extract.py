@@ -101,14 +101,19 @@ print("STAGE_FPS", summary["rows"] / (time.perf_counter() - t), summary["rows"],
 """
 
 
-def stage_fps(root: Path) -> tuple[float, int]:
+def run_child(root: Path, code: str, tag: str) -> list[str]:
+    """Run `code` in a fresh interpreter in project `root` (features removed first); the fields of its `tag` line."""
     shutil.rmtree(root / "data" / "features", ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VIDMEM_LOG": "WARNING"}
-    proc = subprocess.run([sys.executable, "-c", _TIMED], cwd=root, env=env, capture_output=True, text=True)
-    lines = [x for x in proc.stderr.splitlines() if x.startswith("STAGE_FPS")]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+    lines = [x for x in proc.stderr.splitlines() if x.startswith(tag)]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"stages.extract failed in {root}:\n{proc.stderr[-2000:]}")
-    _, fps, rows = lines[-1].split()
+    return lines[-1].split()[1:]
+
+
+def stage_fps(root: Path) -> tuple[float, int]:
+    fps, rows = run_child(root, _TIMED, "STAGE_FPS")
     return float(fps), int(rows)
 
 
@@ -137,13 +142,7 @@ finally:
 
 def peak_rss_mb(root: Path) -> float:
     """Peak resident memory (MB) of one `python -m stages.extract clip` run on `root`."""
-    shutil.rmtree(root / "data" / "features", ignore_errors=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "VIDMEM_LOG": "WARNING"}
-    proc = subprocess.run([sys.executable, "-c", _MEASURE], cwd=root, env=env, capture_output=True, text=True)
-    lines = [x for x in proc.stderr.splitlines() if x.startswith("VMHWM_KB")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"stages.extract failed in {root}:\n{proc.stderr[-2000:]}")
-    return int(lines[-1].split()[1]) / 1024
+    return int(run_child(root, _MEASURE, "VMHWM_KB")[0]) / 1024
 
 
 def torchrun_fps(root: Path, procs: int) -> float:
