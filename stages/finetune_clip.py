@@ -46,8 +46,8 @@ def main() -> None:
              before["r1"], before["r5"], before["chance_r1"], before["queries"])
 
     # resumable state, keyed to everything the run depends on (params, code, manifest, compressed videos)
-    key = inputs_key([Path(__file__), Path("models/encoders"), Path("data/manifest"),
-                      compressed / "ledger.jsonl"], extra=[clip_p, tune_p])
+    code = inputs_key(["stages/finetune_clip.py", "models/encoders"], root=Path(__file__).resolve().parents[1])
+    key = inputs_key([Path("data/manifest"), compressed / "ledger.jsonl"], extra=[clip_p, tune_p, code])
     work = Path("data/.work") / f"finetune_clip-{key[:16]}"
     last = work / "last.pt"
     state = None

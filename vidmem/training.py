@@ -31,6 +31,8 @@ def inputs_key(paths: Iterable[str | os.PathLike], extra: Any = None, root: str 
     base = Path(root) if root is not None else Path()
     for name in map(Path, paths):
         top = base / name
+        if not top.exists():
+            raise FileNotFoundError(f"{top}: an input of this run is missing")
         files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
         for f in files:
             if "__pycache__" in f.parts:

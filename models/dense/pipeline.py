@@ -95,9 +95,9 @@ def train_stage(name: str, params: dict[str, Any]) -> None:
             log.info("epoch %d val METEOR %.4f SODA_c %.4f", epoch, s["METEOR"], s["SODA_c"])
             return s["METEOR"] + s["SODA_c"]
 
-    code = [Path(__file__).parent, Path(__file__).parents[2] / "kernels"]
+    code = inputs_key(["models/dense", "kernels"], root=Path(__file__).resolve().parents[2])  # wherever it lies
     data = [MANIFEST / "events.jsonl", MANIFEST / "vocab.json", FEATURES / "zarr.json", FEATURES / "plan.json"]
-    run_key = inputs_key(code + data + ([BANK] if cfg.retrieval else []), extra=select)
+    run_key = inputs_key(data + ([BANK] if cfg.retrieval else []), extra=[select, code])
     result = train(cfg, train_ds, val_ds, CHECKPOINTS / name, bank, score_fn=score_fn, run_key=run_key)
     write_history(name, result.history)
     log.info("%s: best epoch %d (score %.4f)", name, result.best_epoch, result.best_score)
