@@ -17,7 +17,7 @@ import torch
 
 from models.encoders.clip import ClipConfig, build_clip
 from models.encoders.tuning import TuningConfig, collect_spans, frame_to_text_retrieval, tune
-from vidmem.common import atomic_path, load_params, run_stage, section, seed_everything, write_json
+from vidmem.common import load_params, run_stage, save_torch, section, seed_everything, write_json
 from vidmem.manifest import Manifest
 from vidmem.training import inputs_key, write_history
 
@@ -66,8 +66,7 @@ def main() -> None:
         if r["r1"] + r["r5"] > best["score"]:
             best.update(epoch=epoch, score=r["r1"] + r["r5"], state_dict=clone(encoder.model.state_dict()))
         work.mkdir(parents=True, exist_ok=True)
-        with atomic_path(last) as tmp:
-            torch.save({"state_dict": encoder.model.state_dict(), "state": st, "best": best, "history": history}, tmp)
+        save_torch({"state_dict": encoder.model.state_dict(), "state": st, "best": best, "history": history}, last)
 
     if cfg.epochs > 0 and train:
         tune(encoder, train, cfg, state, on_epoch)
@@ -79,9 +78,8 @@ def main() -> None:
           f"(R@5 {before['r5']:.3f} → {after['r5']:.3f}, chance {after['chance_r1']:.3f})")
 
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(OUT) as tmp:
-        torch.save({"state_dict": encoder.model.state_dict(), "params": {"clip": clip_p, "finetune_clip": tune_p},
-                    "epoch": best["epoch"]}, tmp)
+    save_torch({"state_dict": encoder.model.state_dict(), "params": {"clip": clip_p, "finetune_clip": tune_p},
+                "epoch": best["epoch"]}, OUT)
     write_json(METRICS, {"val_untuned": before, "val_tuned": after, "best_epoch": best["epoch"],
                          "train_videos": len(train), "train_spans": sum(len(v.spans) for v in train)})
     write_history("finetune_clip", history)

@@ -1,4 +1,4 @@
-"""The fingerprint a resumable run or a feature store keys on: names + bytes, independent of where the project lies."""
+"""What DVC and resumable runs key on: inputs_key (names + bytes, wherever the project lies), reproducible checkpoints."""
 from __future__ import annotations
 
 import pytest
@@ -36,3 +36,18 @@ def test_missing_input_is_an_error_not_an_empty_hash(tmp_path):
     root = _tree(tmp_path / "p")
     with pytest.raises(FileNotFoundError, match="missing"):
         inputs_key(["pkg", "nope.py"], root=root)
+
+
+def test_saved_checkpoints_are_byte_reproducible(tmp_path):
+    """Same weights, same bytes, whatever the file is called (DVC hashes checkpoints to decide what reruns)."""
+    import torch
+
+    from vidmem.common import save_torch
+
+    state = {"state_dict": torch.nn.Linear(4, 3).state_dict(), "epoch": 7}
+    save_torch(state, tmp_path / "a.pt")
+    (tmp_path / "other").mkdir()
+    save_torch(state, tmp_path / "other" / "b.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "other" / "b.pt").read_bytes()
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert torch.load(tmp_path / "a.pt", weights_only=False)["epoch"] == 7

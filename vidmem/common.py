@@ -160,6 +160,19 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save` atomically and byte-reproducibly.
+
+    Saved to a path, torch names the archive's records after the file — our temporary name, random — so the same
+    weights gave different bytes on every run and DVC reran everything downstream. Through a file object the
+    records are named `archive/...` whatever the file is called.
+    """
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Build a directory under a temporary sibling name; swap it in only on success."""

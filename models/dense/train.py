@@ -23,7 +23,7 @@ from models.dense.losses import SetCriterion, count_bin_rates
 from models.dense.model import DenseCaptioner, DenseOutput
 from models.dense.postprocess import postprocess, results_json
 from models.dense.retrieval import TextBank, retrieve
-from vidmem.common import UserError, atomic_path, seed_everything
+from vidmem.common import UserError, save_torch, seed_everything
 
 _log = logging.getLogger(__name__)
 
@@ -126,8 +126,7 @@ def _resume_key(params: dict, vocab_size: int) -> dict:
 
 
 def _save(path: Path, payload: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch(payload, path)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> DenseCaptioner:
