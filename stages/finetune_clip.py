@@ -17,18 +17,19 @@ import torch
 
 from models.encoders.clip import ClipConfig, build_clip
 from models.encoders.tuning import TuningConfig, collect_spans, frame_to_text_retrieval, tune
-from vidmem.common import load_params, run_stage, save_torch, section, seed_everything, write_json
+from vidmem.common import inputs_key, load_params, run_stage, save_torch, section, seed_everything, write_json
 from vidmem.manifest import Manifest
-from vidmem.training import inputs_key, write_history
+from vidmem.training import write_history
 
 log = logging.getLogger("stages.finetune_clip")
 
-
-def clone(state: dict) -> dict:
-    return {k: v.detach().clone() for k, v in state.items()}
-
 OUT = Path("data/checkpoints/clip.pt")
 METRICS = Path("metrics/clip.json")
+
+
+def clone(state: dict) -> dict:
+    """A detached copy of a state dict (the best epoch's weights, kept while training goes on)."""
+    return {k: v.detach().clone() for k, v in state.items()}
 
 
 def main() -> None:
@@ -46,7 +47,7 @@ def main() -> None:
              before["r1"], before["r5"], before["chance_r1"], before["queries"])
 
     # resumable state, keyed to everything the run depends on (params, code, manifest, compressed videos)
-    code = inputs_key(["stages/finetune_clip.py", "models/encoders"], root=Path(__file__).resolve().parents[1])
+    code = inputs_key(["stages/finetune_clip.py", "models/encoders", "vidmem/decode.py"], root=Path(__file__).resolve().parents[1])
     key = inputs_key([Path("data/manifest"), compressed / "ledger.jsonl"], extra=[clip_p, tune_p, code])
     work = Path("data/.work") / f"finetune_clip-{key[:16]}"
     last = work / "last.pt"

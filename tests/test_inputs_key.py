@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from vidmem.training import inputs_key
+from vidmem.common import inputs_key
 
 
 def _tree(root):

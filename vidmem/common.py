@@ -73,6 +73,27 @@ def file_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def inputs_key(paths: Iterable[str | os.PathLike], extra: Any = None, root: str | os.PathLike | None = None) -> str:
+    """sha256 over the names and bytes of the given files (folders: every file below, no caches).
+
+    Names are hashed as given; with `root`, paths are relative to it (so the key does not depend on where the
+    project lies, or on the working directory).
+    """
+    h = hashlib.sha256(repr(extra).encode())
+    base = Path(root) if root is not None else Path()
+    for name in map(Path, paths):
+        top = base / name
+        if not top.exists():
+            raise FileNotFoundError(f"{top}: an input of this run is missing")
+        files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
+        for f in files:
+            if "__pycache__" in f.parts:
+                continue
+            h.update(str(f.relative_to(base) if root is not None else f).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 # ---------------------------------------------------------------------------------------------------- logging
 def setup_logging(level: int | str | None = None) -> None:
     level = level or os.environ.get("VIDMEM_LOG", "INFO")

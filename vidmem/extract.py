@@ -19,13 +19,12 @@ import torch
 
 from models.encoders.clip import ClipConfig, build_clip, checkpoint_hash
 from models.encoders.timesformer import VideoEncoder
-from vidmem.common import UserError, file_hash, section, write_json, write_jsonl
+from vidmem.common import UserError, file_hash, inputs_key, section, write_json, write_jsonl
 from vidmem.decode import DecodeError, batched, decode_groups, frame_times, open_video, prefetch, video_end, window_frames
 from vidmem.dist import init_from_env
 from vidmem.ledger import Ledger
 from vidmem.manifest import Manifest
 from vidmem.store import ArraySpec, ShardedWriter
-from vidmem.training import inputs_key
 
 log = logging.getLogger(__name__)
 

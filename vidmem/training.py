@@ -1,8 +1,8 @@
-"""Training-side plumbing shared by every family: what a resumable run depends on, and DVCLive curves.
+"""Training-side plumbing shared by every family: resuming only what the same inputs made, DVCLive curves.
 
 A training stage keeps `last.pt` in a persistent output so a killed run resumes. DVC also reruns a stage when
-its code or input data changed; `inputs_key` fingerprints those inputs, and a run only resumes a checkpoint
-made from the same ones — otherwise it starts over, so the outputs always follow the inputs.
+its code or input data changed; `vidmem.common.inputs_key` fingerprints those inputs, and a run only resumes a
+checkpoint made from the same ones — otherwise it starts over, so the outputs always follow the inputs.
 
 Curves go to `dvclive/<name>/` (plots under `plots/metrics/*.tsv`, the latest values in `metrics.json`);
 dvc.yaml declares those folders as plots, so `dvc plots show/diff` draws them. They are written from the run's
@@ -11,35 +11,12 @@ own dvc.yaml entries or experiments: the pipeline's dvc.yaml owns that.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
-
-
-def inputs_key(paths: Iterable[str | os.PathLike], extra: Any = None, root: str | os.PathLike | None = None) -> str:
-    """sha256 over the names and bytes of the given files (folders: every file below, no caches).
-
-    Names are hashed as given; with `root`, paths are relative to it (so the key does not depend on where the
-    project lies, or on the working directory).
-    """
-    h = hashlib.sha256(repr(extra).encode())
-    base = Path(root) if root is not None else Path()
-    for name in map(Path, paths):
-        top = base / name
-        if not top.exists():
-            raise FileNotFoundError(f"{top}: an input of this run is missing")
-        files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
-        for f in files:
-            if "__pycache__" in f.parts:
-                continue
-            h.update(str(f.relative_to(base) if root is not None else f).encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 def write_history(name: str, history: Iterable[Mapping[str, Any]], step_key: str = "epoch") -> None:

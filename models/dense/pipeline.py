@@ -18,10 +18,10 @@ from models.dense.data import DenseCaptionDataset, InMemoryFeatures
 from models.dense.retrieval import TextBank
 from models.dense.train import load_model, predict, train
 from vidmem.bank import read_bank
-from vidmem.common import UserError, section, write_json
+from vidmem.common import UserError, inputs_key, section, write_json
 from vidmem.manifest import Manifest
 from vidmem.store import FeatureStore
-from vidmem.training import inputs_key, write_history
+from vidmem.training import write_history
 
 log = logging.getLogger(__name__)
 

@@ -125,10 +125,6 @@ def _resume_key(params: dict, vocab_size: int) -> dict:
     return {**{k: v for k, v in params.items() if k != "epochs"}, "vocab_size": vocab_size}
 
 
-def _save(path: Path, payload: dict) -> None:
-    save_torch(payload, path)
-
-
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> DenseCaptioner:
     """A trained model from `best.pt` / `last.pt`."""
     path = Path(path)
@@ -246,8 +242,7 @@ def train(
         state["epoch"] = epoch + 1
         if score > state["best_score"]:
             state["best_score"], state["best_epoch"] = score, epoch
-            _save(
-                best_path,
+            save_torch(
                 {
                     "state_dict": model.state_dict(),
                     "params": params,
@@ -255,9 +250,9 @@ def train(
                     "epoch": epoch,
                     "score": score,
                 },
+                best_path,
             )
-        _save(
-            last_path,
+        save_torch(
             {
                 "state_dict": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -266,6 +261,7 @@ def train(
                 "run_key": run_key,
                 **state,
             },
+            last_path,
         )
         _log.info(
             "epoch %d: loss %.4f%s score %.4f",
