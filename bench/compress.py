@@ -32,9 +32,9 @@ from pathlib import Path
 import ffmpeg
 import yaml
 
-from stages.compress import CompressConfig
 from vidmem.manifest import Manifest, Video
-from vidmem.video import compress_command, ffmpeg_version, probe
+from vidmem.params import read
+from vidmem.video import CompressConfig, compress_command, ffmpeg_version, probe
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "compress"
@@ -110,7 +110,7 @@ def main() -> None:
     args = ap.parse_args()
 
     group = yaml.safe_load((ROOT / "params.yaml").read_text())["compress"]
-    settings = {k: v for k, v in CompressConfig.from_params(group).encode().items() if k != "command"}
+    settings = {k: v for k, v in read(CompressConfig, group, "compress").encode().items() if k != "command"}
     inputs = make_inputs(args.clips, args.seconds)
     input_seconds = sum(probe(p).duration or 0.0 for p in inputs)
 

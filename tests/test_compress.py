@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from stages.compress import CompressConfig, check_videos, compress_all
+from stages.compress import check_videos, compress_all
 from tests import media
 from vidmem.common import UserError, read_jsonl
 from vidmem.manifest import Manifest, Video
-from vidmem.video import VideoError, compress_video, probe, scaled_size
+from vidmem.params import read
+from vidmem.video import CompressConfig, VideoError, compress_video, probe, scaled_size
 
 ROOT = Path(__file__).resolve().parents[1]
 FPS, SHORT = 3, 224
@@ -201,10 +202,13 @@ def test_manifest_and_params_are_checked():
         check_videos([Video("a", "x.mp4"), Video("a", "y.mp4")], Path("videos.jsonl"))
     with pytest.raises(UserError, match="entry 1 .*'video_id' must be a plain file name"):
         check_videos([Video("../a", "x.mp4")], Path("videos.jsonl"))
-    with pytest.raises(UserError, match="compress.short_side: 223 is not an even integer"):
-        CompressConfig.from_params({"short_side": 223})
-    with pytest.raises(UserError, match="compress.fsp: unknown key"):
-        CompressConfig.from_params({"fsp": 3})
+    with pytest.raises(UserError, match="params.yaml compress.short_side: must be even, got 223"):
+        read(CompressConfig, {"short_side": 223}, "compress")
+    with pytest.raises(UserError, match="params.yaml compress.fsp: unknown key .did you mean 'fps'"):
+        read(CompressConfig, {"fsp": 3}, "compress")
+    with pytest.raises(UserError, match="params.yaml compress.crf: must be in .0, 51., got 60"):
+        read(CompressConfig, {"crf": 60}, "compress")
+    assert read(CompressConfig, {"fps": "3", "timeout_s": "1e3"}, "compress").encode()["fps"] == 3
 
 
 def _project(d: Path, videos: list[Video], workers: int = 1) -> Path:

@@ -404,7 +404,7 @@ def test_params_errors_are_one_line(project: Path):
         "ingest.root and this source's paths in params.yaml)"
     )
     write_params(project, on_error="ignore")
-    assert "ingest.on_error must be one of fail, skip" in error_line(run_stage(project))
+    assert error_line(run_stage(project)) == "error: params.yaml ingest.on_error: must be one of fail, skip; got 'ignore'"
 
 
 # ---------------------------------------------------------------------------------------------- skip mode

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from vidmem.common import UserError
+from vidmem.params import read
 from vidmem.synth import SynthConfig, build, generate
 from vidmem.synth.grammar import contains_marker, heldout_markers
 from vidmem.synth.motion import Timeline
@@ -72,13 +73,13 @@ def runs(tmp_path_factory):
     assert r.returncode == 0, r.stderr
     metrics = json.loads((work / "metrics/synth.json").read_text())
     again = tmp_path_factory.mktemp("inproc") / "synth"
-    generate(SynthConfig.from_params(TINY), again, workers=1)
+    generate(read(SynthConfig, TINY, "synth"), again, workers=1)
     return work / "data/raw/synth", again, metrics
 
 
 @pytest.fixture(scope="module")
 def ds():
-    return build(SynthConfig.from_params(TINY))
+    return build(read(SynthConfig, TINY, "synth"))
 
 
 def files(root: Path) -> dict[str, Path]:
@@ -179,7 +180,7 @@ def test_msrvtt_formats(runs, ds):
     per_video = {v["video_id"]: 0 for v in data["videos"]}
     for s in data["sentences"]:
         per_video[s["video_id"]] += 1
-    assert set(per_video.values()) == {SynthConfig.from_params(TINY).text.captions_per_video}
+    assert set(per_video.values()) == {read(SynthConfig, TINY, "synth").text.captions_per_video}
     train = list(csv.DictReader((root / "MSRVTT_train.csv").open(newline="")))
     assert list(train[0]) == ["video_id"]
     assert {r["video_id"] for r in train} == {v["video_id"] for v in data["videos"] if v["split"] == "train"}
@@ -352,18 +353,19 @@ def test_frames_show_the_events(runs, ds):
 
 # ---------------------------------------------------------------------------------------------------- params
 @pytest.mark.parametrize("patch, message", [
-    ({"video": {"size": [161, 120]}}, "synth.video.size must be even"),
-    ({"scene": {"shapes": ["circle", "blob"]}}, "synth.scene.shapes: unknown name 'blob'"),
-    ({"short": {"count": {"train": -1}}}, "synth.short.count.train must be a non-negative integer"),
-    ({"short": {"duration": [30, 10]}}, "synth.short.duration must satisfy"),
-    ({"colour": "red"}, "synth: unknown key(s) ['colour']"),
-    ({"text": {"heldout_prob": 2}}, "synth.text.heldout_prob must be in [0.0, 1.0]"),
-    ({"video": {"preset": "quick"}}, "synth.video.preset: 'quick' is not a libx264 preset"),
+    ({"video": {"size": [161, 120]}}, "params.yaml synth.video.size: must be even"),
+    ({"scene": {"shapes": ["circle", "blob"]}}, "params.yaml synth.scene.shapes: unknown name 'blob'"),
+    ({"short": {"count": {"train": -1}}}, "synth.short.count.train: must be a non-negative integer"),
+    ({"short": {"duration": [30, 10]}}, "synth.short.duration: must be a [min, max] pair with min <= max"),
+    ({"colour": "red"}, "params.yaml synth.colour: unknown key; valid keys: events, long"),
+    ({"text": {"heldout_prob": 2}}, "params.yaml synth.text.heldout_prob: must be in [0, 1], got 2"),
+    ({"video": {"preset": "quick"}}, "params.yaml synth.video.preset: must be one of ultrafast"),
+    ({"video": {"fps": "x"}}, "params.yaml synth.video.fps: expected an integer, got 'x'"),
     ({"events": {"duration": [8, 12]}}, "synth.short.duration starts at 8.0 s, shorter than one event"),
 ])
 def test_bad_params_name_the_key(patch, message):
     with pytest.raises(UserError, match=re.escape(message)):
-        SynthConfig.from_params({**TINY, **patch})
+        read(SynthConfig, {**TINY, **patch}, "synth")
 
 
 def test_stage_reports_bad_params_in_one_line(tmp_path):

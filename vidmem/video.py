@@ -27,12 +27,42 @@ from typing import Any
 import ffmpeg
 
 from vidmem.common import UserError, atomic_path
+from vidmem.params import bounded
 
 FFMPEG = "ffmpeg"
 FFPROBE = "ffprobe"
 # Bump when `compress_command` changes its output in a way its arguments do not show: callers key finished
 # outputs to (arguments, COMMAND_VERSION) and redo the rest.
 COMMAND_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """The `compress` params group: how every video becomes its working copy."""
+
+    fps: float = bounded(3, lo=0.01)
+    short_side: int = bounded(224, lo=2)  # even
+    crf: float = bounded(23, lo=0, hi=51)
+    preset: str = "veryfast"  # an x264 preset name
+    workers: int = bounded(0, lo=0)  # ffmpeg processes at once; 0: one per usable core
+    timeout_s: float = bounded(1800, lo=0.001)  # per video; a hung decode is recorded as failed
+    retry_failed: bool = False  # false: a failure on an unchanged input is kept, not retried
+
+    def check(self, where: str) -> None:
+        if self.short_side % 2:
+            raise UserError(f"params.yaml {where}.short_side: must be even, got {self.short_side}")
+        if not self.preset:
+            raise UserError(f"params.yaml {where}.preset: must name an x264 preset")
+
+    def encode(self) -> dict[str, Any]:
+        """The settings that shape the output bytes (hashed into every ledger row)."""
+        crf = int(self.crf) if float(self.crf).is_integer() else self.crf
+        fps = int(self.fps) if float(self.fps).is_integer() else self.fps
+        return {"fps": fps, "short_side": self.short_side, "crf": crf, "preset": self.preset,
+                "command": COMMAND_VERSION}
+
+    def n_workers(self) -> int:
+        return self.workers or len(os.sched_getaffinity(0))
 
 # Formats ffprobe reports for single pictures: a still image is not a video, even when named .mp4.
 _IMAGE_FORMATS = re.compile(r"^(image2|.*_pipe)$")

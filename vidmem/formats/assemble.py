@@ -11,7 +11,6 @@ entry is left out and listed in the report, and the run goes on.
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,15 +22,13 @@ from tqdm import tqdm
 from vidmem.common import UserError
 from vidmem.formats import checks
 from vidmem.formats.base import Bad, Item, Parsed, Problem
-from vidmem.formats.registry import FORMATS, make_sources
-from vidmem.formats.videos import VIDEO_EXTS, VideoFolder, probe_duration
+from vidmem.formats.registry import FORMATS, TABLES, IngestConfig, VocabConfig, ingest_config, make_sources
+from vidmem.formats.videos import VideoFolder, probe_duration
 from vidmem.formats.vocab import build_vocab
 from vidmem.manifest import SPLITS, Manifest, Video
 
 log = logging.getLogger("vidmem.ingest")
 
-ON_ERROR = ("fail", "skip")
-TABLES = ("events", "queries", "captions", "hierarchy", "qa")
 TIMED = ("events", "queries", "hierarchy")
 
 
@@ -52,22 +49,10 @@ class _VideoInfo:
     durations: dict[str, float] = field(default_factory=dict)  # source name → annotation duration
 
 
-def ingest(cfg: dict[str, Any], progress: bool = True) -> IngestResult:
+def ingest(cfg: IngestConfig | dict[str, Any], progress: bool = True) -> IngestResult:
     """The manifest, report, metrics and answer set of `params.ingest` (paths relative to the cwd)."""
-    on_error = cfg.get("on_error", "fail")
-    if on_error not in ON_ERROR:
-        raise UserError(
-            f"params.yaml: ingest.on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}"
-        )
-    exts = cfg.get("video_exts", list(VIDEO_EXTS))
-    if not isinstance(exts, list) or not exts or not all(isinstance(e, str) for e in exts):
-        raise UserError(
-            "params.yaml: ingest.video_exts must be a list of file extensions such as [mp4, webm]"
-        )
-    workers = cfg.get("probe_workers", os.cpu_count() or 1)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise UserError(f"params.yaml: ingest.probe_workers must be an integer >= 1, got {workers!r}")
-    vocab_cfg = cfg.get("vocab", {}) or {}
+    cfg = ingest_config(cfg)
+    on_error, exts, workers, vocab_cfg = cfg.on_error, cfg.video_exts, cfg.probe_workers, cfg.vocab
     sources = make_sources(cfg)  # validates root, time_tolerance and every source
     tolerance = sources[0].time_tolerance
 
@@ -268,7 +253,7 @@ def _result(
         if vid in used
         and len(info.durations) > 1
         and max(info.durations.values()) - min(info.durations.values())
-        > float(cfg.get("time_tolerance", 1.0))
+        > float(cfg.time_tolerance)
     ]
     for c in conflicts:
         log.warning(
@@ -294,16 +279,8 @@ def _result(
     return IngestResult(manifest, report, metrics, answers)
 
 
-def _vocab(manifest: Manifest, cfg: dict[str, Any]) -> dict[str, Any]:
-    tables = cfg.get("tables", ["events", "captions", "hierarchy"])
-    if not isinstance(tables, list) or any(t not in TABLES for t in tables):
-        raise UserError(
-            f"params.yaml: ingest.vocab.tables must list tables among {', '.join(TABLES)}, got {tables!r}"
-        )
-    max_words, min_count = cfg.get("max_words", 30), cfg.get("min_count", 1)
-    for key, value in (("max_words", max_words), ("min_count", min_count)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise UserError(f"params.yaml: ingest.vocab.{key} must be an integer >= 1, got {value!r}")
+def _vocab(manifest: Manifest, cfg: VocabConfig) -> dict[str, Any]:
+    tables, max_words, min_count = cfg.tables, cfg.max_words, cfg.min_count
     sentences = []
     for table in tables:
         for row in getattr(manifest, table):

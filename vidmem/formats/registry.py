@@ -7,10 +7,10 @@ split values to ours), with the folder of its videos. Paths are relative to `ing
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vidmem.common import UserError
 from vidmem.formats.activitynet import YOUCOOK2_SPLITS, parse_activitynet, parse_youcook2
@@ -22,7 +22,9 @@ from vidmem.formats.mmn import parse_activitynet_speech, parse_mmn, parse_tacos
 from vidmem.formats.msrvtt import MSRVTT_SPLITS, parse_msrvtt
 from vidmem.formats.msrvtt_qa import parse_msrvtt_qa
 from vidmem.formats.msvd import parse_msvd
+from vidmem.formats.videos import VIDEO_EXTS
 from vidmem.manifest import SPLITS
+from vidmem.params import bounded, read
 
 
 @dataclass(frozen=True)
@@ -53,24 +55,59 @@ FORMATS: dict[str, FormatSpec] = {
 COMMON_KEYS = ("format", "split", "videos", "name")
 
 
-def make_sources(cfg: dict[str, Any]) -> list[Source]:
-    """Validate `params.ingest` and resolve every source's paths against `root`."""
-    if not isinstance(cfg, dict):
+TABLES = ("events", "queries", "captions", "hierarchy", "qa")
+
+
+@dataclass
+class VocabConfig:
+    """`ingest.vocab`: the caption heads' word vocabulary (PDVC style) → data/manifest/vocab.json."""
+
+    tables: tuple[Literal[TABLES], ...] = ("events", "captions", "hierarchy")  # whose train sentences build it
+    max_words: int = bounded(30, lo=1)  # sentences are cut to this many words
+    min_count: int = bounded(1, lo=1)  # rarer words become <unk>
+
+
+@dataclass
+class IngestConfig:
+    """The `ingest` params group (each source entry is checked by its format's spec below)."""
+
+    root: str
+    sources: list[dict[str, Any]]
+    on_error: Literal["fail", "skip"] = "fail"
+    time_tolerance: float = bounded(1.0, lo=0)
+    video_exts: tuple[str, ...] = VIDEO_EXTS
+    probe_workers: int = bounded(2, lo=1)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+
+    def check(self, where: str) -> None:
+        if not self.sources:
+            raise UserError(f"params.yaml {where}.sources: must be a non-empty list of annotation sources")
+        if not self.video_exts:
+            raise UserError(f"params.yaml {where}.video_exts: must list file extensions such as [mp4, webm]")
+
+
+def ingest_config(cfg: IngestConfig | Mapping[str, Any]) -> IngestConfig:
+    if isinstance(cfg, IngestConfig):
+        return cfg
+    if not isinstance(cfg, Mapping):
         raise UserError("params.yaml: ingest must be a mapping")
-    root = Path(str(_need(cfg, "root", "params.yaml: ingest")))
+    for key in ("root", "sources"):
+        if key not in cfg:
+            raise UserError(f"params.yaml ingest.{key}: missing (see the comments in params.yaml)")
+    return read(IngestConfig, cfg, "ingest")
+
+
+def make_sources(cfg: IngestConfig | Mapping[str, Any]) -> list[Source]:
+    """Validate `params.ingest` and resolve every source's paths against `root`."""
+    cfg = ingest_config(cfg)
+    root = Path(cfg.root)
     if not root.is_dir():
         raise UserError(
             f"params.yaml: ingest.root: folder '{root}' not found"
             + (" (run `dvc repro synth` first)" if "synth" in str(root) else "")
         )
-    tolerance = cfg.get("time_tolerance", 1.0)
-    if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or tolerance < 0:
-        raise UserError(
-            f"params.yaml: ingest.time_tolerance must be a number of seconds >= 0, got {tolerance!r}"
-        )
-    entries = cfg.get("sources")
-    if not isinstance(entries, list) or not entries:
-        raise UserError("params.yaml: ingest.sources must be a non-empty list of annotation sources")
+    tolerance = cfg.time_tolerance
+    entries = cfg.sources
     sources = [_source(i, entry, root, float(tolerance)) for i, entry in enumerate(entries)]
     names: dict[str, int] = {}
     for i, src in enumerate(sources):
