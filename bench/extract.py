@@ -39,6 +39,8 @@ import yaml
 from models.encoders.clip import ClipConfig, build_clip
 from vidmem.decode import batched, open_video, read_frames
 from vidmem.manifest import Manifest, Video
+from vidmem.params import read
+from vidmem.paths import Paths
 from vidmem.synth.config import SynthConfig
 from vidmem.synth.dataset import generate
 from vidmem.video import compress_video
@@ -61,7 +63,7 @@ def synth_videos(name: str, count: int, seconds: float) -> list[Path]:
                        "duration": [seconds, seconds]}}
     raw = OUT / "raw" / name
     print(f"rendering {count} SynthVid video(s) of {seconds:.0f} s ...", flush=True)
-    generate(SynthConfig.from_params(params), raw)
+    generate(read(SynthConfig, params, "synth"), raw)
     folder.mkdir(parents=True)
     for src in sorted((raw / "videos").glob("*.mp4")):
         compress_video(src, folder / src.name, fps=3, short_side=224, crf=23, preset="veryfast")
@@ -81,8 +83,8 @@ def make_project(root: Path, videos: list[Path], batch: int) -> Path:
                           "lavila": {"window": 4.0, "frames": 4, "checkpoint": "none", "dense_tokens": False},
                           "text": {"max_tokens": 32}}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    (root / "data" / "checkpoints").mkdir(parents=True)
-    torch.save({"state_dict": build_clip(ClipConfig()).model.state_dict()}, root / "data" / "checkpoints" / "clip.pt")
+    Paths(root).clip_checkpoint.parent.mkdir(parents=True)
+    torch.save({"state_dict": build_clip(ClipConfig()).model.state_dict()}, Paths(root).clip_checkpoint)
     return root
 
 
@@ -93,7 +95,7 @@ import sys, time
 from pathlib import Path
 import stages.extract  # the stage's process settings, before torch loads
 from vidmem.common import bound_heap_growth, load_params
-from vidmem.extract import extract_store
+from models.encoders.extract import extract_store
 bound_heap_growth()
 t = time.perf_counter()
 summary = extract_store("clip", load_params(Path("params.yaml")), Path("."))
@@ -172,7 +174,7 @@ def main() -> None:
 
     tput = make_project(OUT / "proj_throughput", synth_videos("throughput", args.videos, args.seconds), args.batch)
     params = yaml.safe_load((tput / "params.yaml").read_text())
-    encoder = build_clip(ClipConfig.from_params({**params["clip"], "pretrained": str(tput / "data/checkpoints/clip.pt")}))
+    encoder = build_clip(read(ClipConfig, {**params["clip"], "pretrained": str(Paths(tput).clip_checkpoint)}, "clip"))
     decoded = []
     for v in sorted((tput / "data" / "compressed").glob("*.mp4")):
         vr = open_video(v)

@@ -20,74 +20,23 @@ import re
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, fields
 from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
 from tqdm import tqdm
 
-from vidmem.common import UserError, load_params, params_hash, run_stage, section, write_json
+from vidmem.common import UserError, load_params, params_hash, run_stage, write_json
 from vidmem.ledger import DONE, FAILED, Ledger
 from vidmem.manifest import Manifest, Video
-from vidmem.video import COMMAND_VERSION, VideoError, compress_video, die_with_parent, ffmpeg_version
+from vidmem.params import read
+from vidmem.paths import Paths
+from vidmem.video import CompressConfig, VideoError, compress_video, die_with_parent, ffmpeg_version
 
-log = logging.getLogger("vidmem.compress")
+log = logging.getLogger("stages.compress")
 
-MANIFEST_DIR = Path("data/manifest")
-OUT_DIR = Path("data/compressed")
-METRICS = Path("metrics/compress.json")
 LEDGER_NAME = "ledger.jsonl"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]*$")
-
-
-@dataclass(frozen=True)
-class CompressConfig:
-    """The `compress:` group of params.yaml."""
-
-    fps: float = 3
-    short_side: int = 224
-    crf: int = 23
-    preset: str = "veryfast"
-    workers: int = 0  # ffmpeg processes at once; 0: one per usable core
-    timeout_s: float = 1800  # per video; a hung decode is recorded as failed
-    retry_failed: bool = False  # false: a failure on an unchanged input is kept, not retried
-
-    @classmethod
-    def from_params(cls, group: Any) -> CompressConfig:
-        if not isinstance(group, dict):
-            raise UserError("params.yaml: 'compress' must be a mapping")
-        known = {f.name: f for f in fields(cls)}
-        for key in group:
-            if key not in known:
-                raise UserError(f"params.yaml: compress.{key}: unknown key (known: {', '.join(known)})")
-        cfg = cls(**group)
-        checks = {
-            "fps": isinstance(cfg.fps, (int, float)) and not isinstance(cfg.fps, bool) and cfg.fps > 0,
-            "short_side": isinstance(cfg.short_side, int) and cfg.short_side >= 2 and cfg.short_side % 2 == 0,
-            "crf": isinstance(cfg.crf, (int, float)) and 0 <= cfg.crf <= 51,
-            "preset": isinstance(cfg.preset, str) and bool(cfg.preset),
-            "workers": isinstance(cfg.workers, int) and cfg.workers >= 0,
-            "timeout_s": isinstance(cfg.timeout_s, (int, float)) and cfg.timeout_s > 0,
-            "retry_failed": isinstance(cfg.retry_failed, bool),
-        }
-        need = {
-            "fps": "a positive number", "short_side": "an even integer ≥ 2", "crf": "a number in 0..51",
-            "preset": "an x264 preset name", "workers": "an integer ≥ 0 (0: one per core)",
-            "timeout_s": "a positive number of seconds", "retry_failed": "true or false",
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise UserError(f"params.yaml: compress.{key}: {getattr(cfg, key)!r} is not {need[key]}")
-        return cfg
-
-    def encode(self) -> dict[str, Any]:
-        """The settings that shape the output bytes (hashed into every ledger row)."""
-        return {"fps": self.fps, "short_side": self.short_side, "crf": self.crf, "preset": self.preset,
-                "command": COMMAND_VERSION}
-
-    def n_workers(self) -> int:
-        return self.workers or len(os.sched_getaffinity(0))
 
 
 # -------------------------------------------------------------------------------------------------- one video
@@ -260,13 +209,15 @@ def _compress_all(videos: list[Video], out_dir: Path, cfg: CompressConfig) -> di
 
 
 def main() -> None:
-    cfg = CompressConfig.from_params(section(load_params(), "compress"))
-    if not (MANIFEST_DIR / "videos.jsonl").is_file():
-        raise UserError(f"{MANIFEST_DIR / 'videos.jsonl'}: not found; run `dvc repro ingest` first")
-    videos = Manifest.read(MANIFEST_DIR, tables=("videos",)).videos
-    check_videos(videos, MANIFEST_DIR / "videos.jsonl")
-    metrics = compress_all(videos, OUT_DIR, cfg)
-    write_json(METRICS, metrics)
+    cfg = read(CompressConfig, load_params().get("compress"), "compress")
+    paths = Paths()
+    videos_file = paths.manifest / "videos.jsonl"
+    if not videos_file.is_file():
+        raise UserError(f"{videos_file}: not found; run `dvc repro ingest` first")
+    videos = Manifest.read(paths.manifest, tables=("videos",)).videos
+    check_videos(videos, videos_file)
+    metrics = compress_all(videos, paths.compressed, cfg)
+    write_json(paths.metric("compress"), metrics)
 
 
 if __name__ == "__main__":

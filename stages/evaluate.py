@@ -1,30 +1,74 @@
-"""evaluate@<model>: predictions on the test split in the public result format, and metrics/<model>.json.
+"""evaluate@<name>: test-split predictions in the family's public result format, and metrics/<name>.json.
 
-    python -m stages.evaluate pdvc|cm2|dense_trivial
+    python -m stages.evaluate <name>
 
-`dense_trivial` is the floor every dense captioner must clear: one whole-video event per test video,
-captioned with the most frequent train sentence.
+<name> is a trained model (`train.<name>`, scored from data/checkpoints/<name>/best.pt), a baseline that needs
+no training (`baselines.<name>`), or a family (`families.<name>`): then every trained
+model and baseline of that family is scored and metrics/<family>.json holds one row per model. Predictions go
+to data/predictions/<model>.<ext> (for a family: data/predictions/<family>/<model>.<ext>).
 """
 from __future__ import annotations
 
+import logging
+import shutil
 import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
-from vidmem.common import UserError, load_params, run_stage
+from stages.dispatch import task_for
+from vidmem.common import UserError, load_params, run_stage, write_json
+from vidmem.paths import Paths
+from vidmem.training import default_device, load_checkpoint
 
-MODELS = ("pdvc", "cm2", "dense_trivial")
+log = logging.getLogger("stages.evaluate")
+
+
+def score(name: str, params: Mapping[str, Any], paths: Paths, out: Path) -> dict[str, Any]:
+    """Predict the test split with one model or baseline, write its predictions (`out` + the family's file
+    extension), return its scores."""
+    from metrics.captions import CaptionEvalError
+
+    task = task_for(name, params, paths)
+    task.device = default_device()
+    model = None
+    if name in (params.get("train") or {}):
+        ckpt = load_checkpoint(paths.checkpoint(name), task.device, f"run `dvc repro train@{name}` first")
+        model = task.restore(ckpt)
+    try:
+        predictions = task.predict(model, "test")
+        task.write_predictions(predictions, out)
+        scores = task.evaluate(predictions, "test")
+    except CaptionEvalError as e:  # Java evaluator died, hung or is missing: one line, not a trace
+        raise UserError(f"caption evaluation failed: {e}") from None
+    log.info("%s test: %s", name, {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)})
+    return scores
+
+
+def family_rows(family: str, params: Mapping[str, Any]) -> list[str]:
+    """Every trained model, then every baseline, of `family`, in params order."""
+    rows = [n for n, g in (params.get("train") or {}).items() if (g or {}).get("family") == family]
+    return rows + [n for n, g in (params.get("baselines") or {}).items() if (g or {}).get("family") == family]
 
 
 def main() -> None:
-    if len(sys.argv) != 2 or sys.argv[1] not in MODELS:
-        raise UserError(f"usage: python -m stages.evaluate {{{'|'.join(MODELS)}}}")
-    name, params = sys.argv[1], load_params()
-    from metrics.captions import CaptionEvalError
-    from models.dense.pipeline import evaluate_stage
-
-    try:
-        evaluate_stage(name, params)
-    except CaptionEvalError as e:  # Java evaluator died, hung or is missing: one line, not a trace
-        raise UserError(f"caption evaluation failed: {e}") from None
+    if len(sys.argv) != 2:
+        raise UserError("usage: python -m stages.evaluate <model, baseline or family name>")
+    name, params, paths = sys.argv[1], load_params(), Paths()
+    single = name in (params.get("train") or {}) or name in (params.get("baselines") or {})
+    if single:
+        write_json(paths.metric(name), score(name, params, paths, paths.predictions / name))
+    elif name in (params.get("families") or {}):
+        rows = family_rows(name, params)
+        if not rows:
+            raise UserError(f"params.yaml: no train or baselines entry has family: {name}")
+        out = paths.predictions / name
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        write_json(paths.metric(name), {row: score(row, params, paths, out / row) for row in rows})
+    else:
+        raise UserError(f"params.yaml: '{name}' is not a model (train.{name}), a baseline (baselines.{name}) "
+                        f"or a family (families.{name})")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from vidmem.common import UserError, load_params, run_stage  # noqa: E402
-from vidmem.extract import KINDS, extract_store  # noqa: E402
+from models.encoders.extract import KINDS, extract_store  # noqa: E402
 
 
 def main() -> None:

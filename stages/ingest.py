@@ -7,26 +7,25 @@ reason), answers.json (the closed QA answer set, when a QA source is ingested), 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from vidmem.common import atomic_dir, load_params, run_stage, section, write_json
+from vidmem.common import atomic_dir, load_params, run_stage, write_json
 from vidmem.formats.assemble import ingest
+from vidmem.formats.registry import ingest_config
+from vidmem.paths import Paths
 
-log = logging.getLogger("vidmem.ingest")
-
-MANIFEST_DIR = Path("data/manifest")
-METRICS = Path("metrics/ingest.json")
+log = logging.getLogger("stages.ingest")
 
 
 def main() -> None:
-    cfg = section(load_params(), "ingest")
+    cfg = ingest_config(load_params().get("ingest"))
+    paths = Paths()
     result = ingest(cfg)
-    with atomic_dir(MANIFEST_DIR) as tmp:
+    with atomic_dir(paths.manifest) as tmp:
         result.manifest.write(tmp)
         write_json(tmp / "report.json", result.report)
         if result.answers is not None:
             write_json(tmp / "answers.json", result.answers)
-    write_json(METRICS, result.metrics)
+    write_json(paths.metric("ingest"), result.metrics)
     m = result.metrics
     log.info(
         "manifest: %d videos, %d events, %d queries, %d captions, %d hierarchy texts, %d QA; "

@@ -7,19 +7,20 @@ from __future__ import annotations
 import logging
 import time
 
-from vidmem.common import load_params, run_stage, section, write_json
+from vidmem.common import load_params, run_stage, write_json
+from vidmem.params import read
+from vidmem.paths import Paths
 from vidmem.synth import SynthConfig, generate
 
-log = logging.getLogger("vidmem.synth")
-METRICS = "metrics/synth.json"
+log = logging.getLogger("stages.synth")
 
 
 def main() -> None:
-    cfg = SynthConfig.from_params(section(load_params(), "synth"))
+    cfg = read(SynthConfig, load_params().get("synth"), "synth")
     t0 = time.perf_counter()
     m = generate(cfg)
     log.info("synth: wrote %s in %.1f s", cfg.out, time.perf_counter() - t0)
-    write_json(METRICS, m)
+    write_json(Paths().metric("synth"), m)
 
 
 if __name__ == "__main__":

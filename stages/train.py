@@ -1,26 +1,32 @@
-"""train@<model>: fit one model of a method family (or its baseline: the same code with the contribution off).
+"""train@<name>: fit one model of a method family (or its baseline: the same code with the contribution off).
 
-    python -m stages.train pdvc|cm2
+    python -m stages.train <name>          # torchrun --nproc_per_node=N -m stages.train <name> also works
 
-Each model's hyper-parameters are `params.train.<model>`; checkpoints go to data/checkpoints/<model>/
-(`last.pt` every epoch — a killed run resumes from it — and `best.pt`), curves to dvclive/<model>/.
+`params.train.<name>.family` names the family; its task says what to train and the shared recipe
+(`vidmem.training.fit`) trains it: checkpoints in data/checkpoints/<name>/ (`last.pt` every epoch — a killed
+run resumes from it — and `best.pt`), curves in dvclive/<name>/.
 """
 from __future__ import annotations
 
+import logging
 import sys
 
+from stages.dispatch import models, task_for
 from vidmem.common import UserError, load_params, run_stage
+from vidmem.paths import Paths
+from vidmem.training import fit
 
-MODELS = ("pdvc", "cm2")
+log = logging.getLogger("stages.train")
 
 
 def main() -> None:
-    if len(sys.argv) != 2 or sys.argv[1] not in MODELS:
-        raise UserError(f"usage: python -m stages.train {{{'|'.join(MODELS)}}}")
-    name, params = sys.argv[1], load_params()
-    from models.dense.pipeline import train_stage
-
-    train_stage(name, params)
+    params = load_params()
+    if len(sys.argv) != 2 or sys.argv[1] not in models(params):
+        raise UserError(f"usage: python -m stages.train {{{'|'.join(models(params))}}}")
+    name, paths = sys.argv[1], Paths()
+    task = task_for(name, params, paths)
+    result = fit(task, paths.checkpoints / name, curves=paths.curves(name))
+    log.info("%s: best epoch %d (score %.4f)", name, result.best_epoch, result.best_score)
 
 
 if __name__ == "__main__":

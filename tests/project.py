@@ -11,6 +11,7 @@ import yaml
 
 from tests.media import garbage, lavfi_video
 from vidmem.manifest import Event, Manifest, Video
+from vidmem.paths import Paths
 
 DURATIONS = {"vid_a": 5.0, "vid_b": 9.0, "vid_c": 2.4, "vid_d": 13.0}
 
@@ -47,8 +48,8 @@ def make_project(root: Path, batch_size: int = 4, rows_per_chunk: int = 8, extra
               Event("vid_b", "test", 1.0, 8.0, "a red circle moves left")]  # duplicate text: stored once
     Manifest(videos=videos, events=events).write(root / "data" / "manifest")
     encoder = build_clip(ClipConfig())
-    (root / "data" / "checkpoints").mkdir(parents=True)
-    torch.save({"state_dict": encoder.model.state_dict(), "epoch": 0}, root / "data" / "checkpoints" / "clip.pt")
+    Paths(root).clip_checkpoint.parent.mkdir(parents=True)
+    torch.save({"state_dict": encoder.model.state_dict(), "epoch": 0}, Paths(root).clip_checkpoint)
     return root
 
 

@@ -14,16 +14,17 @@ from models.dense import (
     DenseCaptioner,
     DenseConfig,
     InMemoryFeatures,
-    TextBank,
     VideoAnnotation,
-    Vocab,
     collate,
 )
 from models.dense.attention import direction_bias
 from models.dense.losses import SetCriterion, count_bin_rates
 from models.dense.sampling import sample_points_1d
 from models.dense.train import run_model
+from vidmem.bank import TextBank
 from vidmem.common import UserError
+from vidmem.formats.vocab import Vocab
+from vidmem.params import read
 
 WORDS = ["<unk>", "a", "red", "circle", "moves", "left", "square", "grows"]
 
@@ -58,10 +59,6 @@ def tiny_cfg(**kw) -> DenseConfig:
         "soft_k": 3,
         "bank_dim": 16,
         "duration_unit_s": 0.5,
-        "lr": 1e-3,
-        "epochs": 2,
-        "batch_size": 3,
-        "seed": 7,
     }
     base.update(kw)
     return DenseConfig(**base)
@@ -198,19 +195,20 @@ def test_training_steps_overfit_a_fixed_batch():
 
 # ---------------------------------------------------------------------------------------------------- config
 def test_config_from_params():
-    cfg = DenseConfig.from_params({"hidden": 128, "lr": "1e-4", "retrieval": True, "num_queries": 12})
-    assert (cfg.hidden, cfg.lr, cfg.retrieval, cfg.num_queries) == (128, 1e-4, True, 12)
+    cfg = read(DenseConfig, {"hidden": 128, "duration_unit_s": "1e-1", "retrieval": True, "num_queries": 12},
+               "train.cm2")
+    assert (cfg.hidden, cfg.duration_unit_s, cfg.retrieval, cfg.num_queries) == (128, 0.1, True, 12)
     assert (
         DenseConfig().cls_loss_coef == 2
         and DenseConfig().giou_loss_coef == 4
         and DenseConfig().bbox_loss_coef == 0
     )
-    with pytest.raises(UserError, match="unknown dense model param"):
-        DenseConfig.from_params({"hiden": 128})
-    with pytest.raises(UserError, match="hidden: expected an integer"):
-        DenseConfig.from_params({"hidden": "big"})
-    with pytest.raises(UserError, match="divisible by heads"):
-        DenseConfig.from_params({"hidden": 100, "heads": 8, "norm_groups": 4})
+    with pytest.raises(UserError, match=r"params.yaml train.cm2.hiden: unknown key \(did you mean 'hidden'\?\)"):
+        read(DenseConfig, {"hiden": 128}, "train.cm2")
+    with pytest.raises(UserError, match="train.cm2.hidden: expected an integer"):
+        read(DenseConfig, {"hidden": "big"}, "train.cm2")
+    with pytest.raises(UserError, match="train.cm2: hidden .100. must be divisible by heads"):
+        read(DenseConfig, {"hidden": 100, "heads": 8, "norm_groups": 4}, "train.cm2")
 
 
 @pytest.mark.gpu

@@ -1,4 +1,4 @@
-"""Training loop: resume after a kill is bit-identical on CPU; selection hook; public result format."""
+"""Dense captioning on the shared recipe: resume after a kill is bit-identical on CPU; selection; result format."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import pytest
 import torch
 from test_dense_model import tiny_bank, tiny_cfg, tiny_dataset
 
-from models.dense.train import load_model, predict, train
-
+from models.dense.task import DenseTask
+from models.dense.train import predict
+from vidmem.paths import Paths
+from vidmem.training import RecipeConfig, fit, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -18,29 +20,35 @@ class Killed(Exception):
     pass
 
 
-def _kill_after(epoch_to_die: int):
-    def log(metrics, epoch):
-        if epoch == epoch_to_die:
-            raise Killed
+def tiny_task(tmp_path, retrieval=False, val=True, die_after=None, **recipe) -> DenseTask:
+    """A dense task over in-memory splits; die_after=e raises Killed once epoch e's checkpoint is written."""
+    ds = tiny_dataset()
+    splits = {"train": ds, "val": tiny_dataset(lengths=(5, 9), seed=1) if val else tiny_dataset(lengths=())}
+    r = RecipeConfig(**{"optimizer": "adam", "lr": 1e-3, "epochs": 2, "batch_size": 3, "seed": 7,
+                        "schedule": "step", "lr_decay_start": 1, "lr_decay_every": 1, **recipe})
 
-    return log
+    class Task(DenseTask):
+        def batches(self, ctx):
+            if die_after is not None and ctx.epoch == die_after:
+                raise Killed
+            return super().batches(ctx)
+
+    return Task("cm2" if retrieval else "pdvc", r, tiny_cfg(retrieval=retrieval), Paths(tmp_path),
+                datasets=splits, bank=tiny_bank(ds) if retrieval else None)
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    ds, val = tiny_dataset(), tiny_dataset(lengths=(5, 9), seed=1)
-    cfg = tiny_cfg(retrieval=True, batch_size=2, epochs=3)
-    bank = tiny_bank(ds)
-    seen: list[int] = []
-    full = train(cfg, ds, val, tmp_path / "full", bank=bank, log=lambda m, e: seen.append(e), device="cpu")
-    assert seen == [0, 1, 2] and (tmp_path / "full" / "best.pt").exists()
+    full = fit(tiny_task(tmp_path, retrieval=True, batch_size=2, epochs=3), tmp_path / "full", device="cpu")
+    assert [h["epoch"] for h in full.history] == [1, 2, 3] and (tmp_path / "full" / "best.pt").exists()
 
     with pytest.raises(Killed):
-        train(cfg, ds, val, tmp_path / "resumed", bank=bank, log=_kill_after(0), device="cpu")
-    assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["epoch"] == 1
-    resumed = train(cfg, ds, val, tmp_path / "resumed", bank=bank, device="cpu")
+        fit(tiny_task(tmp_path, retrieval=True, batch_size=2, epochs=3, die_after=1), tmp_path / "resumed",
+            device="cpu")
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
+    resumed = fit(tiny_task(tmp_path, retrieval=True, batch_size=2, epochs=3), tmp_path / "resumed", device="cpu")
 
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
-    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)
+    a = load_checkpoint(tmp_path / "full" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")
     assert a["epoch"] == b["epoch"] == 3
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
@@ -48,32 +56,38 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
         assert all(torch.equal(va[n], vb[n]) for n in va)
     assert full.history == resumed.history and full.best_epoch == resumed.best_epoch
     assert set(a["history"][-1]) >= {"train/loss", "val/loss", "val/loss_caption", "lr", "score"}
+    assert [h["lr"] for h in full.history] == [1e-3, 5e-4, 2.5e-4]  # the step schedule, x0.5 from epoch 1
 
 
-def test_selection_hook_and_changed_params_start_over(tmp_path, caplog):
-    ds = tiny_dataset()
-    cfg = tiny_cfg(epochs=2)
-    scores = iter([0.7, 0.2])
-    res = train(cfg, ds, None, tmp_path, score_fn=lambda model, epoch: next(scores), device="cpu")
-    assert res.best_epoch == 0 and res.best_score == 0.7
-    assert torch.load(res.best, weights_only=False)["epoch"] == 0
+def test_best_is_the_best_val_loss_and_changed_params_start_over(tmp_path, caplog):
+    res = fit(tiny_task(tmp_path, epochs=3), tmp_path / "m", device="cpu")
+    losses = [h["val/loss"] for h in res.history]
+    assert res.best_epoch == 1 + losses.index(min(losses)) and res.best_score == -min(losses)
+    assert load_checkpoint(tmp_path / "m" / "best.pt")["epoch"] == res.best_epoch
 
-    res = train(tiny_cfg(epochs=2, lr=2e-3), ds, None, tmp_path, device="cpu")
-    assert "other params" in caplog.text and [h["epoch"] for h in res.history] == [0, 1]
+    res = fit(tiny_task(tmp_path, epochs=2, lr=2e-3), tmp_path / "m", device="cpu")
+    assert "starting over" in caplog.text and [h["epoch"] for h in res.history] == [1, 2]
+
+
+def test_more_epochs_extend_a_step_schedule_run(tmp_path):
+    fit(tiny_task(tmp_path, epochs=1), tmp_path / "m", device="cpu")
+    res = fit(tiny_task(tmp_path, epochs=2), tmp_path / "m", device="cpu")
+    assert len(res.history) == 2  # resumed: the step schedule does not depend on the epoch budget
+    fresh = fit(tiny_task(tmp_path, epochs=2), tmp_path / "fresh", device="cpu")
+    assert res.history == fresh.history
 
 
 def test_predictions_are_activitynet_results(tmp_path):
-    ds = tiny_dataset()
-    cfg = tiny_cfg(retrieval=True, epochs=1)
-    bank = tiny_bank(ds)
-    res = train(cfg, ds, None, tmp_path, bank=bank, device="cpu")
-    model = load_model(res.best)
+    task = tiny_task(tmp_path, retrieval=True, epochs=1)
+    fit(task, tmp_path / "m", device="cpu")
+    model = task.restore(load_checkpoint(tmp_path / "m" / "best.pt"))
+    ds, bank = task.dataset("train"), task.bank
     out = predict(model, ds, bank, batch_size=2)
     json.dumps(out)  # serialisable as is
     assert out["version"] == "VERSION 1.0" and set(out["results"]) == {"v0", "v1", "v2"}
     for v in ds.videos:
         entries = out["results"][v.video_id]
-        assert 1 <= len(entries) <= cfg.num_queries
+        assert 1 <= len(entries) <= task.config.num_queries
         assert len(entries) == max(1, entries[0]["pred_event_count"])
         assert [e["timestamp"] for e in entries] == sorted(e["timestamp"] for e in entries)
         for e in entries:

@@ -29,6 +29,7 @@ from models.encoders import (
 )
 from models.encoders.timesformer import DividedAttention
 from vidmem.common import UserError
+from vidmem.params import read
 
 SOT, EOT = 49406, 49407
 
@@ -130,8 +131,8 @@ def test_tag_offline_fails_fast_and_clearly(monkeypatch):
         build_clip(ClipConfig(model="ViT-B-32", pretrained="nosuchtag"))
     with pytest.raises(UserError, match="not an open_clip config"):
         build_clip(ClipConfig(model="ViT-Q-99"))
-    with pytest.raises(UserError, match=r"unknown key\(s\) \['pretrainde'\]"):
-        ClipConfig.from_params({"model": "ViT-B-32", "pretrainde": "openai"})
+    with pytest.raises(UserError, match=r"params.yaml clip.pretrainde: unknown key \(did you mean 'pretrained'"):
+        read(ClipConfig, {"model": "ViT-B-32", "pretrainde": "openai"}, "clip")
 
 
 def test_tokenizer_offline(tiny, monkeypatch):

@@ -18,6 +18,7 @@ import torch
 
 from tests.media import lavfi_video
 from tests.project import DURATIONS, digest, make_project
+from vidmem.paths import Paths
 from vidmem.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 def run_in_process(root: Path, kind: str) -> None:
     """The stage's library entry point, without a new interpreter (imports dominate these tiny runs)."""
     from vidmem.common import load_params
-    from vidmem.extract import extract_store
+    from models.encoders.extract import extract_store
 
     extract_store(kind, load_params(root / "params.yaml"), root)
 
@@ -56,7 +57,7 @@ def project(tmp_path_factory) -> Path:
 def load_encoder(root: Path):
     from models.encoders.clip import ClipConfig, build_clip
 
-    return build_clip(ClipConfig(pretrained=str(root / "data" / "checkpoints" / "clip.pt")))
+    return build_clip(ClipConfig(pretrained=str(Paths(root).clip_checkpoint)))
 
 
 def test_clip_store_layout_values_and_ledger(project):
@@ -66,7 +67,7 @@ def test_clip_store_layout_values_and_ledger(project):
     assert store.ids == list(DURATIONS)  # manifest order; broken videos absent
     assert store.attrs["kind"] == "clip" and store.attrs["encoder"] == "vidmem-tiny" and store.attrs["fps"] == 3.0
     assert store.attrs["checkpoint_sha256"] == hashlib.sha256(
-        (project / "data" / "checkpoints" / "clip.pt").read_bytes()).hexdigest()
+        Paths(project).clip_checkpoint.read_bytes()).hexdigest()
     feats = store.array("feats")
     assert feats.dtype == np.float16 and feats.shape[1] == 128 and feats.shards[0] == 16
     encoder = load_encoder(project)
@@ -141,7 +142,7 @@ def test_second_run_keeps_complete_store(project):
 
 def test_changed_extraction_code_recomputes_the_store(project, tmp_path, monkeypatch):
     """A persisted store made by other extraction code is not resumed as up to date: it is computed again."""
-    import vidmem.extract as ex
+    import models.encoders.extract as ex
 
     code = tmp_path / "code"
     code.mkdir()
@@ -211,7 +212,7 @@ def test_video_failing_part_way_is_listed_not_zero_filled(tmp_path):
 
 def test_row_ranges_equal_the_whole_video_bit_for_bit(project):
     from models.encoders.timesformer import VideoEncoder
-    from vidmem.extract import ClipFrameExtractor, WindowExtractor, aligned_batches
+    from models.encoders.extract import ClipFrameExtractor, WindowExtractor, aligned_batches
 
     assert aligned_batches(5, 17, 4) == ([(4, 8), (8, 12), (12, 16), (16, 20)], 1)
     encoder = load_encoder(project)

@@ -20,9 +20,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-TINY_DENSE = {"feature_dim": 128, "hidden": 32, "heads": 2, "ffn_dim": 64, "norm_groups": 8, "num_queries": 4,
-              "max_eseq_length": 4, "max_words": 10, "word_dim": 32, "rnn_size": 32, "att_hid": 32,
-              "duration_unit_s": 0.5, "lr": 1.0e-3, "batch_size": 2, "epochs": 1, "select_by": "meteor_soda"}
+TINY_DENSE = {"hidden": 32, "heads": 2, "ffn_dim": 64, "norm_groups": 8, "num_queries": 4, "max_eseq_length": 4,
+              "max_words": 10, "word_dim": 32, "rnn_size": 32, "att_hid": 32, "duration_unit_s": 0.5,
+              "lr": 1.0e-3, "batch_size": 2, "epochs": 1, "select_by": "meteor_soda"}
 
 
 def tiny_params(params: dict) -> dict:
@@ -34,8 +34,8 @@ def tiny_params(params: dict) -> dict:
     s["text"].update(captions_per_video=2, qa_per_video=2)
     params["finetune_clip"].update(epochs=1, batch_size=16)
     params["extract"].update(batch_size=16, rows_per_chunk=64, chunks_per_shard=2)
-    params["train"]["pdvc"] = {**TINY_DENSE, "retrieval": False}
-    params["train"]["cm2"] = {**TINY_DENSE, "retrieval": True, "window": 4, "soft_k": 3, "bank_dim": 128}
+    params["families"]["dense"].update(TINY_DENSE)
+    params["train"]["cm2"].update(window=4, soft_k=3)
     return params
 
 

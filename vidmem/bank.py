@@ -12,9 +12,12 @@ CM2's three bank files (embeddings, sentences, video ids) as one zarr group:
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from vidmem.common import UserError
 from vidmem.manifest import Manifest
@@ -66,3 +69,55 @@ def read_bank(path: str | os.PathLike) -> tuple[np.ndarray, list[str], list[str]
         raise UserError(f"{path}: not a memory bank store")
     vectors = np.asarray(store.array("feats")[:], dtype=np.float32)
     return vectors, [str(v) for v in store.root["video_ids"][:]], [str(s) for s in store.root["sentences"][:]]
+
+
+@dataclass
+class TextBank:
+    """The memory: one CLIP text vector per training event sentence, with the id of the video it describes."""
+
+    vectors: Tensor  # [N, D] float32
+    video_ids: list[str]
+    sentences: list[str] | None = None
+    groups: Tensor = field(init=False)  # [N] int64: index of the entry's video among the bank's videos
+    largest_group: int = field(init=False)
+    _group_of: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.vectors = torch.as_tensor(self.vectors).to(torch.float32)
+        if self.vectors.ndim != 2 or self.vectors.shape[0] == 0:
+            raise UserError(f"memory bank: expected vectors [N>0, D], got {tuple(self.vectors.shape)}")
+        if len(self.video_ids) != self.vectors.shape[0]:
+            raise UserError(
+                f"memory bank: {self.vectors.shape[0]} vectors but {len(self.video_ids)} video ids"
+            )
+        if self.sentences is not None and len(self.sentences) != len(self.video_ids):
+            raise UserError(
+                f"memory bank: {len(self.video_ids)} video ids but {len(self.sentences)} sentences"
+            )
+        self._group_of = {}
+        for vid in self.video_ids:
+            self._group_of.setdefault(vid, len(self._group_of))
+        self.groups = torch.as_tensor([self._group_of[v] for v in self.video_ids], dtype=torch.int64)
+        self.largest_group = int(torch.bincount(self.groups).max())
+
+    def __len__(self) -> int:
+        return self.vectors.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    def groups_for(self, video_ids: Sequence[str]) -> Tensor:
+        """Group id of each video, −1 for videos without sentences in the bank."""
+        return torch.as_tensor([self._group_of.get(v, -1) for v in video_ids], dtype=torch.int64)
+
+    def to(self, device: torch.device | str) -> TextBank:
+        self.vectors = self.vectors.to(device)
+        self.groups = self.groups.to(device)
+        return self
+
+
+def load_bank(path: str | os.PathLike) -> TextBank:
+    """The memory bank store as a TextBank (vectors, video ids, sentences)."""
+    vectors, video_ids, sentences = read_bank(path)
+    return TextBank(vectors, video_ids, sentences)

@@ -138,15 +138,13 @@ def run_stage(main: Callable[[], None]) -> None:
 
 # ---------------------------------------------------------------------------------------------------- seeding
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (if imported) so CPU runs repeat bit for bit."""
-    random.seed(seed)
+    """Seed python, numpy and torch (CPU and every GPU) so CPU runs repeat bit for bit."""
     import numpy as np
+    import torch
 
+    random.seed(seed)
     np.random.seed(seed % (2**32))
-    if "torch" in sys.modules:
-        import torch
-
-        torch.manual_seed(seed)
+    torch.manual_seed(seed)
 
 
 # ---------------------------------------------------------------------------------------------------- atomic io

@@ -1,16 +1,16 @@
 """Hyper-parameters of the dense video captioners (PDVC, and CM2 = PDVC + cross-modal retrieval).
 
-One dataclass holds every knob so a checkpoint's `params` reproduce the model exactly. Defaults are the
+One dataclass holds every model knob so a checkpoint's `params` reproduce the model exactly. Defaults are the
 published ActivityNet Captions values (PDVC `cfgs/anet_*_pdvc.yml`, CM2 `cfgs/anet_clip_cm2.yml`); the
-CPU-sized values used on SynthVid live in params.yaml and reach us through `DenseConfig.from_params`.
+CPU-sized values used on SynthVid live in params.yaml (`families.dense`, `train.pdvc`, `train.cm2`) and reach
+us through the shared params reader (`vidmem.params`). How the model is optimised (lr, batch, epochs, the step
+schedule, clipping, seed) is the shared recipe's (`vidmem.training.RecipeConfig`); the papers' values are:
+Adam, lr 5e-5, weight decay 1e-4, batch 1, 30 epochs, x0.5 at epochs 8, 11, ..., 26, grad clip 100, seed 777.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 from vidmem.common import UserError
 
@@ -74,25 +74,13 @@ class DenseConfig:
     soft_k: int = 100  # bank hits averaged per window (ANet 100, YC2 80)
     bank_dim: int = 768  # CLIP text embedding size of the memory bank
     text_dropout: float = 0.5  # dropout inside the 2-layer down-projection
-    # ------------------------------------------------------------------ optimisation (§2.5)
-    lr: float = 5e-5
-    weight_decay: float = 1e-4
-    grad_clip: float = 100.0
-    epochs: int = 30
-    batch_size: int = 1  # the papers' value; any size works here
-    lr_decay_start: int = 8  # x lr_decay_rate at epochs 8, 11, ..., 26 (MultiStepLR milestones)
-    lr_decay_every: int = 3
-    lr_decay_rate: float = 0.5
-    seed: int = 777
-
-    def __post_init__(self) -> None:
-        self.validate()
-
     # ------------------------------------------------------------------ checks
-    def validate(self) -> None:
+    def check(self, where: str = "train") -> None:
+        """Cross-field checks (vidmem.params calls this after reading a group)."""
+
         def need(cond: bool, msg: str) -> None:
             if not cond:
-                raise UserError(f"dense model params: {msg}")
+                raise UserError(f"params.yaml {where}: {msg}")
 
         need(
             self.hidden % self.heads == 0, f"hidden ({self.hidden}) must be divisible by heads ({self.heads})"
@@ -126,9 +114,6 @@ class DenseConfig:
             "window",
             "soft_k",
             "bank_dim",
-            "epochs",
-            "batch_size",
-            "lr_decay_every",
         ):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         need(self.resample_len >= 0, "resample_len must be >= 0")
@@ -137,59 +122,3 @@ class DenseConfig:
             0 <= self.dropout < 1 and 0 <= self.caption_dropout < 1 and 0 <= self.text_dropout < 1,
             "dropout probabilities must be in [0, 1)",
         )
-
-    # ------------------------------------------------------------------ params.yaml
-    @classmethod
-    def from_params(cls, params: dict[str, Any] | None, where: str = "params.yaml") -> DenseConfig:
-        """Defaults overridden by a params group; unknown keys and wrong types are user errors.
-
-        YAML reads `5e-5` as a string (YAML 1.1 wants a dot), so numeric strings are accepted for floats.
-        """
-        params = dict(params or {})
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(params) - set(known))
-        if unknown:
-            raise UserError(f"{where}: unknown dense model param(s) {unknown}; known: {sorted(known)}")
-        values: dict[str, Any] = {}
-        defaults = cls.__new__(cls)  # field defaults without validation
-        for f in fields(cls):
-            object.__setattr__(defaults, f.name, f.default)
-        for name, raw in params.items():
-            values[name] = _coerce(raw, type(getattr(defaults, name)), f"{where}: {name}")
-        return cls(**values)
-
-    def to_params(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def _coerce(value: Any, kind: type, where: str) -> Any:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise UserError(f"{where}: expected true/false, got {value!r}")
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if kind is float:
-        if isinstance(value, bool):
-            raise UserError(f"{where}: expected a number, got {value!r}")
-        try:
-            out = float(value)
-        except (TypeError, ValueError):
-            raise UserError(f"{where}: expected a number, got {value!r}") from None
-        if not math.isfinite(out):
-            raise UserError(f"{where}: expected a finite number, got {value!r}")
-        return out
-    return value
-
-
-def lr_at(cfg: DenseConfig, epoch: int) -> float:
-    """Step schedule of PDVC (MultiStepLR, milestones start + every * i while < epochs), epoch 0-based."""
-    milestones = [
-        cfg.lr_decay_start + cfg.lr_decay_every * i
-        for i in range(max(0, (cfg.epochs - cfg.lr_decay_start) // cfg.lr_decay_every))
-    ]
-    return cfg.lr * cfg.lr_decay_rate ** sum(1 for m in milestones if m <= epoch)

@@ -15,9 +15,8 @@ import os
 import pickle
 import warnings
 import zipfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import open_clip
 import torch
@@ -49,14 +48,9 @@ class ClipConfig:
     seed: int = 0                     # random init when pretrained is none
     cache_dir: str | None = None      # where a tag's download goes (open_clip's default when None)
 
-    @classmethod
-    def from_params(cls, params: dict[str, Any], where: str = "clip") -> ClipConfig:
-        """Build from a params.yaml group; unknown keys are a user error rather than silently ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise UserError(f"params.yaml: {where}: unknown key(s) {unknown}; known: {sorted(known)}")
-        return cls(**params)
+    def check(self, where: str) -> None:
+        if self.precision not in PRECISIONS:
+            raise UserError(f"params.yaml {where}.precision: '{self.precision}' is not one of {PRECISIONS}")
 
 
 # ---------------------------------------------------------------------------------------------------- weights

@@ -8,9 +8,10 @@ in its shard — the store's resume and torchrun guarantees rest on that.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,31 +20,49 @@ import torch
 
 from models.encoders.clip import ClipConfig, build_clip, checkpoint_hash
 from models.encoders.timesformer import VideoEncoder
-from vidmem.common import UserError, file_hash, inputs_key, section, write_json, write_jsonl
+from vidmem.common import UserError, file_hash, inputs_key, write_json, write_jsonl
 from vidmem.decode import DecodeError, batched, decode_groups, frame_times, open_video, prefetch, video_end, window_frames
 from vidmem.dist import init_from_env
 from vidmem.ledger import Ledger
 from vidmem.manifest import Manifest
+from vidmem.params import bounded, read
+from vidmem.paths import Paths
 from vidmem.store import ArraySpec, ShardedWriter
+from vidmem.video import CompressConfig
 
 log = logging.getLogger(__name__)
 
 KINDS = ("clip", "lavila", "text")
-MANIFEST = Path("data/manifest")
-COMPRESSED = Path("data/compressed")
-# The code a store's values come from (as in dvc.yaml's extract deps). Its hash is in the store's attrs and so in
-# its plan: changed extraction code recomputes the store instead of resuming an old one as up to date.
-CODE = ("vidmem/extract.py", "vidmem/store.py", "vidmem/decode.py", "models/encoders")
-PROJECT = Path(__file__).resolve().parents[1]
-CLIP_CHECKPOINT = Path("data/checkpoints/clip.pt")
-FEATURES = Path("data/features")
+# The code a store's values come from (dvc.yaml's extract deps cover it: tests/test_recipe.py checks). Its hash
+# is in the store's attrs and so in its plan: changed extraction code recomputes the store instead of resuming
+# an old one as up to date.
+CODE = ("models/encoders", "vidmem/store.py", "vidmem/decode.py")
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
-class VideoItem:
-    video_id: str
-    path: Path
-    n_rows: int
+class LavilaConfig:
+    window: float = bounded(4.0, lo=0.01)  # s per TimeSformer window
+    frames: int = bounded(4, lo=1)  # frames per window, at sub-window midpoints of real timestamps
+    checkpoint: str = "none"  # a LaViLa dual-encoder .pth, or none: inflate the tuned CLIP image tower
+    dense_tokens: bool = False  # also store every patch token
+
+
+@dataclass
+class TextConfig:
+    max_tokens: int = bounded(32, lo=1)  # token features kept per sentence
+
+
+@dataclass
+class ExtractConfig:
+    """The `extract` params group."""
+
+    batch_size: int = bounded(32, lo=1)
+    rows_per_chunk: int = bounded(256, lo=1)
+    chunks_per_shard: int = bounded(4, lo=1)
+    threads: int = bounded(0, lo=0)
+    lavila: LavilaConfig = field(default_factory=LavilaConfig)
+    text: TextConfig = field(default_factory=TextConfig)
 
 
 @dataclass
@@ -231,40 +250,43 @@ class TextExtractor:
 def manifest_texts(manifest: Manifest) -> list[str]:
     """Every distinct sentence the families encode, in a stable order (first appearance by table)."""
     seen: dict[str, None] = {}
-    for rows, field in ((manifest.events, "sentence"), (manifest.queries, "sentence"),
+    for rows, attr in ((manifest.events, "sentence"), (manifest.queries, "sentence"),
                         (manifest.captions, "sentence"), (manifest.hierarchy, "text"), (manifest.qa, "question")):
         for r in rows:
-            seen.setdefault(getattr(r, field), None)
+            seen.setdefault(getattr(r, attr), None)
     return list(seen)
 
 
 # ---------------------------------------------------------------------------------------------------- stage
 def build_extractor(kind: str, params: dict[str, Any], root: Path = Path(".")) -> tuple[Any, dict[str, Any]]:
-    p = section(params, "extract")
-    ckpt_path = root / CLIP_CHECKPOINT
+    p = read(ExtractConfig, params.get("extract"), "extract")
+    paths = Paths(Path(root))
+    ckpt_path = paths.clip_checkpoint
     if not ckpt_path.is_file():
         raise UserError(f"{ckpt_path}: not found; run `dvc repro finetune_clip` first")
-    clip = build_clip(ClipConfig.from_params({**section(params, "clip"), "pretrained": str(ckpt_path)}))
-    attrs: dict[str, Any] = {"kind": kind, "encoder": clip.cfg.model, "checkpoint": str(CLIP_CHECKPOINT),
-                             "checkpoint_sha256": checkpoint_hash(ckpt_path), "batch_size": int(p["batch_size"]),
+    clip_cfg = read(ClipConfig, params.get("clip"), "clip")
+    clip = build_clip(dataclasses.replace(clip_cfg, pretrained=str(ckpt_path)))
+    attrs: dict[str, Any] = {"kind": kind, "encoder": clip.cfg.model,
+                             "checkpoint": str(Paths().clip_checkpoint),
+                             "checkpoint_sha256": checkpoint_hash(ckpt_path), "batch_size": p.batch_size,
                              "code_sha256": inputs_key(CODE, root=PROJECT)}
     if kind == "clip":
-        return ClipFrameExtractor(clip, p["batch_size"]), attrs
+        return ClipFrameExtractor(clip, p.batch_size), attrs
     if kind == "text":
-        return TextExtractor(clip, p["batch_size"], p["text"]["max_tokens"]), attrs
-    lp = p["lavila"]
-    ckpt = str(lp.get("checkpoint") or "none")
-    if ckpt.lower() != "none":
-        if not Path(ckpt).is_file():
-            raise UserError(f"extract.lavila.checkpoint: '{ckpt}' not found")
-        encoder = VideoEncoder.from_lavila(ckpt, num_frames=lp["frames"])
-        attrs.update(encoder="lavila-timesformer", checkpoint=ckpt, checkpoint_sha256=file_hash(ckpt))
+        return TextExtractor(clip, p.batch_size, p.text.max_tokens), attrs
+    lp = p.lavila
+    if lp.checkpoint.lower() != "none":
+        if not Path(lp.checkpoint).is_file():
+            raise UserError(f"params.yaml extract.lavila.checkpoint: '{lp.checkpoint}' not found")
+        encoder = VideoEncoder.from_lavila(lp.checkpoint, num_frames=lp.frames)
+        attrs.update(encoder="lavila-timesformer", checkpoint=lp.checkpoint,
+                     checkpoint_sha256=file_hash(lp.checkpoint))
     else:
-        encoder = VideoEncoder.from_clip(clip, num_frames=lp["frames"])
+        encoder = VideoEncoder.from_clip(clip, num_frames=lp.frames)
         attrs.update(encoder=f"timesformer-inflated:{clip.cfg.model}")
     encoder.eval()
-    attrs.update(window=lp["window"], frames=lp["frames"])
-    return WindowExtractor(encoder, p["batch_size"], lp["window"], lp["frames"], lp["dense_tokens"]), attrs
+    attrs.update(window=lp.window, frames=lp.frames)
+    return WindowExtractor(encoder, p.batch_size, lp.window, lp.frames, lp.dense_tokens), attrs
 
 
 class _Replan(Exception):
@@ -289,13 +311,14 @@ def extract_store(kind: str, params: dict[str, Any], root: Path = Path(".")) -> 
 
 
 def _extract_once(kind: str, params: dict[str, Any], root: Path, d) -> dict[str, Any]:
-    p = section(params, "extract")
-    if p.get("threads"):
-        torch.set_num_threads(int(p["threads"]))
+    p = read(ExtractConfig, params.get("extract"), "extract")
+    paths = Paths(Path(root))
+    if p.threads:
+        torch.set_num_threads(p.threads)
     torch.manual_seed(0)
-    manifest = Manifest.read(root / MANIFEST)
+    manifest = Manifest.read(paths.manifest)
     extractor, attrs = build_extractor(kind, params, root)
-    out = root / FEATURES / f"{kind}.zarr"
+    out = paths.store(kind)
 
     if kind == "text":
         texts = manifest_texts(manifest)
@@ -304,12 +327,12 @@ def _extract_once(kind: str, params: dict[str, Any], root: Path, d) -> dict[str,
         def compute_rows(requests: list[tuple[int, int, int]]) -> list[dict]:
             return extractor.compute_many([texts[i] for i, _, _ in requests])  # one row per sentence
     else:
-        ledger_path = root / COMPRESSED / "ledger.jsonl"
+        ledger_path = paths.compress_ledger
         compress_ledger = Ledger(ledger_path).rows() if ledger_path.exists() else {}
-        bad = Ledger(root / FEATURES / f"{kind}.undecodable.jsonl")
-        plan = plan_videos(manifest, root / COMPRESSED, compress_ledger, extractor.rows_of, bad.rows())
+        bad = Ledger(paths.features / f"{kind}.undecodable.jsonl")
+        plan = plan_videos(manifest, paths.compressed, compress_ledger, extractor.rows_of, bad.rows())
         ids, lengths, failed = plan.ids, plan.lengths, plan.failed
-        attrs["fps"] = float(section(params, "compress")["fps"])
+        attrs["fps"] = float(read(CompressConfig, params.get("compress"), "compress").fps)
 
         def compute_rows(requests: list[tuple[int, int, int]]) -> list[dict]:
             outs = []
@@ -323,7 +346,7 @@ def _extract_once(kind: str, params: dict[str, Any], root: Path, d) -> dict[str,
             return outs
 
     writer = ShardedWriter(out, ids, lengths, extractor.arrays(), attrs,
-                           rows_per_chunk=p["rows_per_chunk"], chunks_per_shard=p["chunks_per_shard"])
+                           rows_per_chunk=p.rows_per_chunk, chunks_per_shard=p.chunks_per_shard)
     if d.main:
         writer.prepare()
         log.info("%s: %d items, %d rows, %d shards, %d rank(s)", out, len(ids), writer.n_rows, writer.n_shards,
@@ -342,6 +365,6 @@ def _extract_once(kind: str, params: dict[str, Any], root: Path, d) -> dict[str,
     summary = {"items": len(ids), "rows": writer.n_rows, "failed": len(failed),
                "arrays": {k: [list(v.trailing), v.dtype] for k, v in extractor.arrays().items()}}
     if d.main:
-        write_json(root / "metrics" / f"features_{kind}.json", summary)
+        write_json(paths.metric(f"features_{kind}"), summary)
     d.close()
     return summary

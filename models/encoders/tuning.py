@@ -16,36 +16,35 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from torch import nn
+
+from models.encoders.clip import ClipConfig, build_clip
+from vidmem.common import UserError
 from vidmem.decode import DecodeError, frame_times, open_video, read_frames
 from vidmem.manifest import Manifest
+from vidmem.params import bounded, read, to_dict
+from vidmem.paths import Paths
+from vidmem.training import EpochContext, Task, read_task_params
 
 log = logging.getLogger(__name__)
 
 
+TABLES = ("events", "queries", "captions", "hierarchy")
+
+
 @dataclass
 class TuningConfig:
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 5e-4
-    weight_decay: float = 0.1
-    warmup_steps: int = 20
-    frames_per_text: int = 1          # frames sampled per (sentence, span) each epoch
-    videos_per_chunk: int = 256       # videos decoded together; pairs are shuffled within a chunk
-    grad_clip: float = 1.0
-    seed: int = 0
-    tables: tuple[str, ...] = ("events", "queries", "captions", "hierarchy")
+    """What the tuning pairs are (`finetune_clip` params beside the recipe's optimisation keys)."""
 
-    @classmethod
-    def from_params(cls, p: dict) -> TuningConfig:
-        p = dict(p)
-        if "tables" in p:
-            p["tables"] = tuple(p["tables"])
-        return cls(**p)
+    frames_per_text: int = bounded(1, lo=1)  # frames sampled per (sentence, span) each epoch
+    videos_per_chunk: int = bounded(256, lo=1)  # videos decoded together; pairs are shuffled within a chunk
+    tables: tuple[Literal["events", "queries", "captions", "hierarchy"], ...] = TABLES
 
 
 @dataclass
@@ -120,7 +119,7 @@ def sample_pairs(video: VideoTexts, k: int, rng: np.random.Generator,
     return [Pair(frames[i], frozenset(video.valid_at(times[p]))) for i, p in enumerate(picks)]
 
 
-def iter_batches(videos: list[VideoTexts], cfg: TuningConfig, rng: np.random.Generator,
+def iter_batches(videos: list[VideoTexts], cfg: TuningConfig, batch_size: int, rng: np.random.Generator,
                  transform: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[list[Pair]]:
     order = rng.permutation(len(videos))
     for a in range(0, len(order), cfg.videos_per_chunk):
@@ -128,8 +127,8 @@ def iter_batches(videos: list[VideoTexts], cfg: TuningConfig, rng: np.random.Gen
         for i in order[a : a + cfg.videos_per_chunk]:
             pairs.extend(sample_pairs(videos[i], cfg.frames_per_text, rng, transform))
         perm = rng.permutation(len(pairs))
-        for b in range(0, len(perm), cfg.batch_size):
-            batch = [pairs[j] for j in perm[b : b + cfg.batch_size]]
+        for b in range(0, len(perm), batch_size):
+            batch = [pairs[j] for j in perm[b : b + batch_size]]
             if len(batch) > 1:
                 yield batch
 
@@ -194,47 +193,84 @@ def frame_to_text_retrieval(encoder, videos: list[VideoTexts], manifest: Manifes
     return {"r1": r1 / n, "r5": r5 / n, "chance_r1": chance / n, "queries": n}
 
 
-def lr_at(step: int, total: int, cfg: TuningConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+# ---------------------------------------------------------------------------------------------------- task
+class ClipTuningTask(Task):
+    """finetune_clip on the shared recipe: the open_clip model is the trained module; the validation score is
+    val frame→sentence R@1 + R@5, and `keep_initial` lets the untuned weights win (epochs: 0 keeps them)."""
+
+    family = "clip"
+    code = ("models/encoders", "vidmem/decode.py", "stages/finetune_clip.py")
+
+    def __init__(self, name: str, recipe, config: TuningConfig, paths: Paths, params=None):
+        super().__init__(name, recipe, config, paths, params)
+        self.clip_cfg = read(ClipConfig, (params or {}).get("clip"), "clip")
+        self.encoder = None
+        self._manifest: Manifest | None = None
+        self._train: list[VideoTexts] | None = None
+        self._val: list[VideoTexts] | None = None
+
+    @property
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            self._manifest = Manifest.read(self.paths.manifest)
+        return self._manifest
+
+    @property
+    def train_videos(self) -> list[VideoTexts]:
+        if self._train is None:
+            self._train = collect_spans(self.manifest, "train", self.paths.compressed, self.config.tables)
+        return self._train
+
+    @property
+    def val_videos(self) -> list[VideoTexts]:
+        if self._val is None:
+            self._val = collect_spans(self.manifest, "val", self.paths.compressed, ("events",))
+        return self._val
+
+    def inputs(self) -> list[Path]:
+        return [self.paths.manifest, self.paths.compress_ledger]
+
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "clip": to_dict(self.clip_cfg)}
+
+    def all_params(self) -> dict[str, Any]:
+        return {**super().all_params(), "clip": to_dict(self.clip_cfg)}
+
+    def build(self) -> nn.Module:
+        self.encoder = build_clip(self.clip_cfg, self.device)
+        return self.encoder.model
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """CLIP's rule: no weight decay on gains, biases and embeddings."""
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+        rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+        return [{"params": decay, "weight_decay": self.recipe.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+    def steps_per_epoch(self) -> int:
+        pairs = sum(len(v.spans) for v in self.train_videos) * self.config.frames_per_text
+        return max(1, pairs // self.recipe.batch_size)
+
+    def batches(self, ctx: EpochContext) -> Iterator[list[Pair]]:
+        return iter_batches(self.train_videos, self.config, self.recipe.batch_size, ctx.rng(),
+                            self.encoder.preprocess)
+
+    def step(self, model: nn.Module, batch: list[Pair]) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = batch_loss(self.encoder, batch)
+        return loss, {"loss": loss.item()}
+
+    def after_step(self, model: nn.Module) -> None:
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+
+    def validate(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        r = frame_to_text_retrieval(self.encoder, self.val_videos, self.manifest, "val")
+        log.info("after %d epoch(s): val frame→sentence R@1 %.3f R@5 %.3f (chance %.3f, %d queries)",
+                 epoch, r["r1"], r["r5"], r["chance_r1"], r["queries"])
+        return {**r, "score": r["r1"] + r["r5"]}
 
 
-def tune(encoder, train: list[VideoTexts], cfg: TuningConfig, state: dict | None = None,
-         on_epoch: Callable[[int, float, dict], None] | None = None) -> dict:
-    """Train in place; resumes from `state` ({'epoch', 'optimizer', 'rng'}) when given. Returns the final state."""
-    model = encoder.model
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-    start = 0
-    if state:
-        opt.load_state_dict(state["optimizer"])
-        start = state["epoch"]
-    steps_per_epoch = max(1, sum(len(v.spans) for v in train) * cfg.frames_per_text // cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    step = start * steps_per_epoch
-    for epoch in range(start, cfg.epochs):
-        model.train()
-        rng = np.random.default_rng([cfg.seed, epoch])
-        torch.manual_seed(cfg.seed * 1000 + epoch)
-        losses = []
-        for batch in iter_batches(train, cfg, rng, encoder.preprocess):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, cfg)
-            loss = batch_loss(encoder, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-            losses.append(loss.item())
-            step += 1
-        state = {"epoch": epoch + 1, "optimizer": opt.state_dict()}
-        model.eval()
-        if on_epoch:
-            on_epoch(epoch + 1, float(np.mean(losses)) if losses else float("nan"), state)
-    return state or {"epoch": start, "optimizer": opt.state_dict()}
+def make_tuning_task(params: dict[str, Any], paths: Paths) -> ClipTuningTask:
+    recipe, cfg = read_task_params(TuningConfig, [(params.get("finetune_clip"), "finetune_clip")])
+    if recipe.select_by not in ("r1_r5",):
+        raise UserError("params.yaml finetune_clip.select_by: must be r1_r5 (val frame→sentence R@1 + R@5)")
+    return ClipTuningTask("clip", recipe, cfg, paths, params)

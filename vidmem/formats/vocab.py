@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import string
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vidmem.common import UserError
 
 UNK = "<unk>"
 PAD = 0  # also BOS / EOS
@@ -49,3 +53,47 @@ def decode(indices: Iterable[int], vocab: dict[str, dict]) -> str:
             break
         words.append(i2w[str(int(i))])
     return " ".join(words)
+
+
+@dataclass
+class Vocab:
+    """The manifest's word vocabulary: words 1..V, 0 = BOS/EOS/padding, an `<unk>` entry for the rest."""
+
+    word_to_ix: dict[str, int]
+    ix_to_word: dict[int, str]
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any], where: str = "vocab.json") -> Vocab:
+        if not isinstance(obj, Mapping) or "word_to_ix" not in obj or "ix_to_word" not in obj:
+            raise UserError(f"{where}: expected an object with 'word_to_ix' and 'ix_to_word'")
+        try:
+            w2i = {str(w): int(i) for w, i in obj["word_to_ix"].items()}
+            i2w = {int(i): str(w) for i, w in obj["ix_to_word"].items()}
+        except (TypeError, ValueError, AttributeError):
+            raise UserError(
+                f"{where}: 'word_to_ix' must map words to integers and 'ix_to_word' integers to words"
+            ) from None
+        if UNK not in w2i:
+            raise UserError(f"{where}: no '{UNK}' entry in word_to_ix")
+        bad = sorted(i for i in w2i.values() if i < 1)
+        if bad:
+            raise UserError(f"{where}: word indices start at 1 (0 is BOS/EOS), found {bad[0]}")
+        return cls(w2i, i2w)
+
+    @property
+    def size(self) -> int:
+        """V: the largest word index (the caption head predicts V + 1 classes)."""
+        return max(max(self.word_to_ix.values()), max(self.ix_to_word, default=0))
+
+    def encode(self, sentence: str, max_words: int) -> list[int]:
+        unk = self.word_to_ix[UNK]
+        return [self.word_to_ix.get(w, unk) for w in tokenize(sentence, max_words)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        words = []
+        for i in ids:
+            i = int(i)
+            if i == 0:
+                break
+            words.append(self.ix_to_word.get(i, UNK))
+        return " ".join(words)

@@ -128,10 +128,6 @@ def _object_list(ph: Phraser, spec: VideoSpec) -> str:
     return join_list([ph.subject(o.initial.colour, o.shape, definite=False) for o in spec.objects])
 
 
-def _shapes_word(n: int) -> str:
-    return "shape" if n == 1 else "shapes"
-
-
 def retrieval_captions(ph: Phraser, spec: VideoSpec, k: int) -> list[str]:
     """MSR-VTT style: lower case, no full stop; unique within the video when the grammar allows."""
     out: list[str] = []
