@@ -2,7 +2,7 @@
 
     python -m stages.evaluate <name>
 
-<name> is a trained model (`train.<name>`, scored from data/checkpoints/<name>/best.pt), a baseline that needs
+<name> is a trained model (`train.<name>`, scored from data/checkpoints/<family>/<name>/best.pt), a baseline that needs
 no training (`baselines.<name>`), or a family (`families.<name>`): then every trained
 model and baseline of that family is scored and metrics/<family>.json holds one row per model. Predictions go
 to data/predictions/<model>.<ext> (for a family: data/predictions/<family>/<model>.<ext>).
@@ -33,7 +33,8 @@ def score(name: str, params: Mapping[str, Any], paths: Paths, out: Path) -> dict
     task.device = default_device()
     model = None
     if name in (params.get("train") or {}):
-        ckpt = load_checkpoint(paths.checkpoint(name), task.device, f"run `dvc repro train@{name}` first")
+        ckpt = load_checkpoint(paths.checkpoint(task.family, name), task.device,
+                               f"run `dvc repro train@{name}` first")
         model = task.restore(ckpt)
     try:
         predictions = task.predict(model, "test")

@@ -1,7 +1,7 @@
 """finetune_clip: contrastive tuning of the CLIP towers on train (frame, caption) pairs, on the shared recipe.
 
 Reads `params.clip` (which model and starting weights) and `params.finetune_clip` (the recipe's optimisation
-keys and the pairs); writes `data/checkpoints/clip/` (`best.pt` = `{"state_dict", "params", "epoch"}`,
+keys and the pairs); writes `data/checkpoints/encoders/clip/` (`best.pt` = `{"state_dict", "params", "epoch"}`,
 loadable as `clip.pretrained`, and `last.pt`, from which a killed run resumes) and `metrics/clip.json` with val
 frame→sentence retrieval before and after tuning. The weights kept are those of the epoch with the best val
 R@1 + R@5, the untuned weights included: on a small train split the towers overfit, and later epochs retrieve
@@ -24,7 +24,7 @@ RETRIEVAL_KEYS = ("r1", "r5", "chance_r1", "queries")
 def main() -> None:
     params, paths = load_params(), Paths()
     task = make_tuning_task(params, paths)
-    result = fit(task, paths.checkpoints / task.name, curves=paths.curves("finetune_clip"))
+    result = fit(task, paths.model_dir(task.family, task.name), curves=paths.curves("finetune_clip"))
     rows = {row["epoch"]: row for row in result.history}
 
     def retrieval(epoch: int) -> dict:

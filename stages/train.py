@@ -3,7 +3,7 @@
     python -m stages.train <name>          # torchrun --nproc_per_node=N -m stages.train <name> also works
 
 `params.train.<name>.family` names the family; its task says what to train and the shared recipe
-(`vidmem.training.fit`) trains it: checkpoints in data/checkpoints/<name>/ (`last.pt` every epoch — a killed
+(`vidmem.training.fit`) trains it: checkpoints in data/checkpoints/<family>/<name>/ (`last.pt` every epoch — a killed
 run resumes from it — and `best.pt`), curves in dvclive/<name>/.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ def main() -> None:
         raise UserError(f"usage: python -m stages.train {{{'|'.join(models(params))}}}")
     name, paths = sys.argv[1], Paths()
     task = task_for(name, params, paths)
-    result = fit(task, paths.checkpoints / name, curves=paths.curves(name))
+    result = fit(task, paths.model_dir(task.family, name), curves=paths.curves(name))
     log.info("%s: best epoch %d (score %.4f)", name, result.best_epoch, result.best_score)
 
 

@@ -24,6 +24,7 @@ from vidmem.paths import Paths
 from vidmem.training import EpochContext, RecipeConfig, Task, fit, load_checkpoint, lr_at, read_task_params
 
 REPO = Path(__file__).resolve().parents[1]
+FAMILY = "tests.test_recipe"
 BIN = Path(sys.executable).parent
 
 
@@ -109,14 +110,14 @@ def test_dispatch_fit_kill_and_resume_give_the_uninterrupted_weights(tmp_path):
     killed = toy_project(tmp_path / "killed")
     proc = stage(killed, "python", "-m", "stages.train", "toy", env={"TOY_KILL_AT_EPOCH": "1"}, check=False)
     assert proc.returncode == -signal.SIGKILL
-    ckpt = load_checkpoint(Paths(killed).checkpoint("toy", "last"))
+    ckpt = load_checkpoint(Paths(killed).checkpoint(FAMILY, "toy", "last"))
     assert ckpt["epoch"] == 1 and ckpt["step"] == 6
     stage(killed, "python", "-m", "stages.train", "toy")
 
     for which in ("last", "best"):
-        a, b = weights(Paths(full).checkpoint("toy", which)), weights(Paths(killed).checkpoint("toy", which))
+        a, b = weights(Paths(full).checkpoint(FAMILY, "toy", which)), weights(Paths(killed).checkpoint(FAMILY, "toy", which))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), which
-    la, lb = (load_checkpoint(Paths(p).checkpoint("toy", "last")) for p in (full, killed))
+    la, lb = (load_checkpoint(Paths(p).checkpoint(FAMILY, "toy", "last")) for p in (full, killed))
     assert la["history"] == lb["history"] and [h["epoch"] for h in la["history"]] == [1, 2, 3]
     assert la["params"]["family"] == "tests.test_recipe" and la["params"]["dropout"] == 0.25
     assert la["params"]["schedule"] == "cosine"  # the family's defaults under the model's own keys
@@ -129,11 +130,11 @@ def test_dispatch_fit_kill_and_resume_give_the_uninterrupted_weights(tmp_path):
 def test_changed_params_start_over_instead_of_resuming(tmp_path):
     root = toy_project(tmp_path / "p")
     stage(root, "python", "-m", "stages.train", "toy")
-    first = weights(Paths(root).checkpoint("toy", "last"))
+    first = weights(Paths(root).checkpoint(FAMILY, "toy", "last"))
     toy_project(root, dropout=0.3)
     proc = stage(root, "python", "-m", "stages.train", "toy", env={"VIDMEM_LOG": "INFO"})
     assert "starting over" in proc.stderr
-    again = weights(Paths(root).checkpoint("toy", "last"))
+    again = weights(Paths(root).checkpoint(FAMILY, "toy", "last"))
     assert not all(torch.equal(first[k], again[k]) for k in first)
 
 
@@ -144,9 +145,9 @@ def test_torchrun_ranks_end_with_identical_weights(tmp_path):
           str(root / "ranks"))
     r0, r1 = (torch.load(root / "ranks" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
-    saved = weights(Paths(root).checkpoint("toy", "last"))  # rank 0 wrote the checkpoint
+    saved = weights(Paths(root).checkpoint(FAMILY, "toy", "last"))  # rank 0 wrote the checkpoint
     assert all(torch.equal(saved[k], r0[k]) for k in r0)
-    history = load_checkpoint(Paths(root).checkpoint("toy", "last"))["history"]
+    history = load_checkpoint(Paths(root).checkpoint(FAMILY, "toy", "last"))["history"]
     assert len(history) == 3 and history[-1]["train/loss"] < history[0]["train/loss"]
 
 
@@ -214,7 +215,7 @@ def test_dvc_deps_cover_every_run_key():
     for path in tuning.code_paths() + tuple(str(p) for p in tuning.inputs()):
         assert _covered(path, stages["finetune_clip"]), f"finetune_clip: dvc.yaml deps miss {path}"
     for kind in ("clip", "lavila", "text"):
-        for path in EXTRACT_CODE + ("data/checkpoints/clip/best.pt",):
+        for path in EXTRACT_CODE + (str(Paths().clip_checkpoint),):
             assert _covered(path, stages[f"extract@{kind}"]), f"extract@{kind}: dvc.yaml deps miss {path}"
     assert checked == list(params["train"])
 
@@ -235,7 +236,7 @@ if __name__ == "__main__":  # torchrun --nproc_per_node=2 -m tests.test_recipe <
     d = init_from_env()
     torch.set_num_threads(1)
     task = task_for("toy", yaml.safe_load(Path("params.yaml").read_text()), Paths())
-    result = fit(task, Paths().checkpoints / "toy", device="cpu", dist=d, progress=False)
+    result = fit(task, Paths().model_dir(FAMILY, "toy"), device="cpu", dist=d, progress=False)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(result.model.state_dict(), out / f"rank{d.rank}.pt")  # this rank's own final weights
     d.close()

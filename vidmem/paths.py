@@ -6,7 +6,8 @@ out `data/...` itself, so a different root (a test's temporary project, a user's
     data/compressed/     3-fps working copies of the videos + their ledger (compress)
     data/features/       zarr feature stores, one per kind (extract@<kind>)
     data/bank.zarr       CM2's text memory (bank)
-    data/checkpoints/    one folder per trained model: last.pt, best.pt (train@<name>, finetune_clip)
+    data/checkpoints/    <family>/<model>/{last,best}.pt per trained model (train@<name>; finetune_clip:
+                         encoders/clip)
     data/captions/       generated captions per level (the recursive caption extraction)
     data/predictions/    test-split predictions in the public result formats (evaluate@<name>)
     metrics/             small JSON metrics, git-tracked
@@ -84,14 +85,19 @@ class Paths:
     def compress_ledger(self) -> Path:
         return self.compressed / "ledger.jsonl"
 
-    def checkpoint(self, name: str, which: str = "best") -> Path:
-        """`data/checkpoints/<name>/<which>.pt` (which: best | last)."""
-        return self.checkpoints / name / f"{which}.pt"
+    def model_dir(self, family: str, name: str) -> Path:
+        """`data/checkpoints/<family>/<name>/`: one trained model's last.pt and best.pt (a family's models share a
+        parent folder, so its evaluate stage can depend on all of them at once)."""
+        return self.checkpoints / family / name
+
+    def checkpoint(self, family: str, name: str, which: str = "best") -> Path:
+        """`data/checkpoints/<family>/<name>/<which>.pt` (which: best | last)."""
+        return self.model_dir(family, name) / f"{which}.pt"
 
     @property
     def clip_checkpoint(self) -> Path:
         """The tuned CLIP towers every feature store is computed with (finetune_clip's best.pt)."""
-        return self.checkpoint("clip")
+        return self.checkpoint("encoders", "clip")
 
     def metric(self, name: str) -> Path:
         return self.metrics / f"{name}.json"

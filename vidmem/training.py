@@ -5,7 +5,7 @@ build the model, yield the train split's batches for an epoch, one step → (los
 validation score, and predict / write / score predictions in the family's public format. `fit()` owns
 everything else, once for all families (and for `finetune_clip`):
 
-- **Checkpoints** under `data/checkpoints/<name>/`: `last.pt` after every epoch (model, optimiser, history,
+- **Checkpoints** under `data/checkpoints/<family>/<name>/`: `last.pt` after every epoch (model, optimiser, history,
   run key), `best.pt` whenever the validation score improves (`{"state_dict", "params", "epoch", "score"}`).
 - **Resume** from `last.pt` only when the run key matches — sha256 over the task's code (`Task.code`, which
   dvc.yaml's deps must cover: tests/test_recipe.py checks), its input data (`Task.inputs`) and every param but
@@ -278,12 +278,12 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu",
 
 def fit(task: Task, out_dir: str | os.PathLike | None = None, curves: str | os.PathLike | None = None,
         device: torch.device | str | None = None, dist: Dist | None = None, progress: bool = True) -> FitResult:
-    """Train `task` for `recipe.epochs` (see the module docstring). out_dir: data/checkpoints/<name>;
+    """Train `task` for `recipe.epochs` (see the module docstring). out_dir: data/checkpoints/<family>/<name>;
     curves: dvclive/<name> (None: no curves)."""
     recipe = task.recipe
     d = dist or init_from_env()
     task.device = torch.device(device) if device is not None else default_device()
-    out = Path(out_dir) if out_dir is not None else task.paths.checkpoints / task.name
+    out = Path(out_dir) if out_dir is not None else task.paths.model_dir(task.family, task.name)
     last_path, best_path = out / "last.pt", out / "best.pt"
     params = task.all_params()
     extra = task.checkpoint_extra()

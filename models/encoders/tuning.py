@@ -198,7 +198,7 @@ class ClipTuningTask(Task):
     """finetune_clip on the shared recipe: the open_clip model is the trained module; the validation score is
     val frame→sentence R@1 + R@5, and `keep_initial` lets the untuned weights win (epochs: 0 keeps them)."""
 
-    family = "clip"
+    family = "encoders"
     code = ("models/encoders", "vidmem/decode.py", "stages/finetune_clip.py")
 
     def __init__(self, name: str, recipe, config: TuningConfig, paths: Paths, params=None):
