@@ -181,6 +181,9 @@ def _compress_all(videos: list[Video], out_dir: Path, cfg: CompressConfig) -> di
                         # A failed redo must not leave the previous output looking current.
                         (out_dir / f"{v.video_id}.mp4").unlink(missing_ok=True)
                         log.warning("%s: failed: %s", v.video_id, row["reason"])
+                    # Wall time varies run to run: it goes to the log, never into the ledger (a DVC output whose
+                    # bytes must repeat, or every downstream stage reruns for nothing).
+                    log.debug("%s: %s in %.2f s", v.video_id, row["status"], row.pop("seconds", 0.0))
                     if row["status"] == DONE:  # the manifest's duration (ingest probed it), else the output's
                         row["input_seconds"] = v.duration or row["output"]["duration"]
                     ledger.record(v.video_id, row.pop("status"), input=sigs[v.video_id], params_hash=phash,

@@ -86,6 +86,22 @@ def test_compress_shapes(inputs, tmp_path, name):
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("size, upscale, want", [
+    ((160, 90), False, (160, 90)),     # low resolution keeps its size: no bytes for invented pixels
+    ((160, 90), True, (398, 224)),
+    ((90, 160), False, (90, 160)),     # portrait likewise
+    ((161, 91), False, (160, 90)),     # odd sizes round to even
+    ((320, 240), False, (298, 224)),   # above short_side: scaled down as always
+])
+def test_upscale_off_keeps_low_resolution_sources(tmp_path, size, upscale, want):
+    src = media.lavfi_video(tmp_path / "src.mp4", *size, duration=1.0)
+    compress_video(src, tmp_path / "out.mp4", fps=FPS, short_side=SHORT, upscale=upscale)
+    (v,) = media.probe_json(tmp_path / "out.mp4")["streams"]
+    assert (v["width"], v["height"]) == want
+    info = probe(src)
+    assert scaled_size(info.width, info.height, SHORT, info.sar, upscale=upscale) == want
+
+
 def test_vfr_input_becomes_constant_rate(inputs, tmp_path):
     assert media.is_vfr(inputs["vfr"])
     compress_video(inputs["vfr"], tmp_path / "out.mp4")
@@ -184,6 +200,16 @@ def test_compress_all_accounts_for_every_video_and_skips_finished(inputs, tmp_pa
     # Changed encode settings redo every finished video.
     compress_all(videos, out, CompressConfig(workers=2, crf=30))
     assert all(after[k] != v for k, v in _stat(out).items())
+
+
+def test_two_runs_write_byte_identical_outputs_and_ledgers(inputs, tmp_path):
+    """Nothing that varies run to run (wall times, dates, hosts) may sit in the DVC output."""
+    videos = [Video(n, str(inputs[n])) for n in ("landscape", "zero", "portrait")]
+    for run in ("a", "b"):
+        compress_all(videos, tmp_path / run, CompressConfig(workers=2))
+    a, b = (sorted((p.name, p.read_bytes()) for p in (tmp_path / r).iterdir()) for r in ("a", "b"))
+    assert [n for n, _ in a] == ["landscape.mp4", "ledger.jsonl", "portrait.mp4"] and a == b
+    assert "seconds" not in (tmp_path / "a" / "ledger.jsonl").read_text().replace("input_seconds", "")
 
 
 def test_one_run_per_output_folder(tmp_path):

@@ -443,3 +443,18 @@ def test_lavila_round_trip_and_frame_counts(tmp_path):
         assert torch.allclose(eight(long), enc(long), atol=1e-5)
         two = VideoEncoder.from_lavila(path, num_frames=2)
         assert torch.allclose(two(video[:, :2]), enc(video[:, :2]), atol=1e-5)
+
+
+def test_log_says_what_weights_are_loaded(tmp_path, caplog):
+    """open_clip's "initialized randomly" warning must not appear when a weights file is loaded right after."""
+    import logging
+
+    path = tmp_path / "w.pt"
+    torch.save({"state_dict": build_clip(ClipConfig()).model.state_dict()}, path)
+    with caplog.at_level(logging.INFO):
+        build_clip(ClipConfig(pretrained=str(path)))
+    assert "No pretrained weights loaded" not in caplog.text and f"weights from {path}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        build_clip(ClipConfig())
+    assert "random initialisation (seed 0)" in caplog.text

@@ -44,6 +44,7 @@ class CompressConfig:
     short_side: int = bounded(224, lo=2)  # even
     crf: float = bounded(23, lo=0, hi=51)
     preset: str = "veryfast"  # an x264 preset name
+    upscale: bool = False  # false: a source whose short side is below short_side keeps its own (even) size
     workers: int = bounded(0, lo=0)  # ffmpeg processes at once; 0: one per usable core
     timeout_s: float = bounded(1800, lo=0.001)  # per video; a hung decode is recorded as failed
     retry_failed: bool = False  # false: a failure on an unchanged input is kept, not retried
@@ -59,7 +60,7 @@ class CompressConfig:
         crf = int(self.crf) if float(self.crf).is_integer() else self.crf
         fps = int(self.fps) if float(self.fps).is_integer() else self.fps
         return {"fps": fps, "short_side": self.short_side, "crf": crf, "preset": self.preset,
-                "command": COMMAND_VERSION}
+                "upscale": self.upscale, "command": COMMAND_VERSION}
 
     def n_workers(self) -> int:
         return self.workers or len(os.sched_getaffinity(0))
@@ -294,12 +295,13 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def scaled_size(width: int, height: int, short_side: int, sar: float = 1.0) -> tuple[int, int]:
+def scaled_size(width: int, height: int, short_side: int, sar: float = 1.0, upscale: bool = True) -> tuple[int, int]:
     """Output size for a displayed `width`×`height` source: the same arithmetic as the scale filter below."""
     dar = width * sar / height
+    s = short_side if upscale else min(short_side, 2 * math.floor((height * dar if dar < 1 else height) / 2))
     if dar < 1:
-        return short_side, 2 * _round_half_up(short_side / dar / 2)
-    return 2 * _round_half_up(short_side * dar / 2), short_side
+        return 2 * _round_half_up(s / 2), 2 * _round_half_up(s / dar / 2)
+    return 2 * _round_half_up(s * dar / 2), 2 * _round_half_up(s / 2)
 
 
 def compress_command(
@@ -309,22 +311,29 @@ def compress_command(
     short_side: int = 224,
     crf: int = 23,
     preset: str = "veryfast",
+    upscale: bool = True,
 ) -> list[str]:
     """The ffmpeg command line (built with ffmpeg-python) that transcodes `src` into `dst`.
 
     fps first, so only the kept frames are scaled. The scale works on the display aspect ratio (`dar`:
     pixel aspect applied, after ffmpeg's autorotation), puts `short_side` on the shorter side and rounds the
     other to an even size; `setsar=1` then marks the pixels square. Bit-exact flags and dropped metadata make
-    a rerun byte-identical.
+    a rerun byte-identical. Without `upscale`, a source whose displayed short side is below `short_side` keeps
+    its own short side (rounded to even): the encoders resize frames to their input size anyway, so upscaling
+    here only adds bytes.
     """
-    s = short_side
+    if upscale:
+        w, h = f"if(lt(dar,1),{short_side},2*round({short_side}*dar/2))", f"if(lt(dar,1),2*round({short_side}/dar/2),{short_side})"
+    else:
+        s = f"min({short_side},2*trunc(if(lt(dar,1),ih*dar,ih)/2))"  # never above the source's own (even) size
+        w, h = f"if(lt(dar,1),2*round({s}/2),2*round({s}*dar/2))", f"if(lt(dar,1),2*round({s}/dar/2),2*round({s}/2))"
     scaled = (
         ffmpeg.input(_file_arg(src), threads=1)["v:0"]
         .filter("fps", fps=fps)
         .filter(
             "scale",
-            w=f"if(lt(dar,1),{s},2*round({s}*dar/2))",
-            h=f"if(lt(dar,1),2*round({s}/dar/2),{s})",
+            w=w,
+            h=h,
             flags="bicubic+accurate_rnd+bitexact",
         )
         .filter("setsar", 1)
@@ -353,6 +362,7 @@ def compress_video(
     short_side: int = 224,
     crf: int = 23,
     preset: str = "veryfast",
+    upscale: bool = True,
     timeout: float | None = None,
 ) -> Compressed:
     """Transcode `src` to `dst` (see `compress_command`); `dst` appears only complete and verified.
@@ -372,7 +382,7 @@ def compress_video(
     if src.stat().st_size == 0:
         raise VideoError(src, "empty file (0 bytes)")
     with atomic_path(dst, suffix=".mp4") as tmp:
-        cmd = compress_command(src, tmp, fps=fps, short_side=short_side, crf=crf, preset=preset)
+        cmd = compress_command(src, tmp, fps=fps, short_side=short_side, crf=crf, preset=preset, upscale=upscale)
         proc = _run_tool(cmd, src, timeout)
         tail = stderr_tail(proc.stderr)
         if proc.returncode != 0:

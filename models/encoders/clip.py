@@ -118,8 +118,27 @@ def _load_file_weights(model: nn.Module, path: Path, name: str, torchscript: boo
         raise UserError(f"{path}: weights do not fit open_clip model '{name}': " + "; ".join(parts))
 
 
+class _NoRandomInitWarning(logging.Filter):
+    """open_clip warns "No pretrained weights loaded ... initialized randomly" whenever it creates a model without
+    a tag, also when we load a weights file right after; we say what is actually loaded instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
 def _create(cfg: ClipConfig, pretrained: str | None, quick_gelu: bool,
             device: str | torch.device) -> nn.Module:
+    quiet = _NoRandomInitWarning()
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        return _create_model(cfg, pretrained, quick_gelu, device)
+    finally:
+        root.removeFilter(quiet)
+
+
+def _create_model(cfg: ClipConfig, pretrained: str | None, quick_gelu: bool,
+                  device: str | torch.device) -> nn.Module:
     return open_clip.create_model(
         cfg.model,
         pretrained=pretrained,
@@ -147,6 +166,7 @@ def build_clip(cfg: ClipConfig, device: str | torch.device = "cpu") -> ClipEncod
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             model = _create(cfg, None, bool(cfg.quick_gelu), device)
+        log.info("clip %s: random initialisation (seed %d)", cfg.model, cfg.seed)
     elif Path(pretrained).is_file():
         weights_file = Path(pretrained)
         torchscript = is_torchscript_archive(weights_file)
@@ -158,6 +178,7 @@ def build_clip(cfg: ClipConfig, device: str | torch.device = "cpu") -> ClipEncod
             torch.manual_seed(cfg.seed)
             model = _create(cfg, None, bool(quick), device)
         _load_file_weights(model, weights_file, cfg.model, torchscript)
+        log.info("clip %s: weights from %s", cfg.model, weights_file)
     elif _looks_like_path(pretrained):
         raise UserError(f"clip.pretrained: weights file '{pretrained}' not found")
     else:
