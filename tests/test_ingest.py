@@ -454,6 +454,27 @@ def test_skip_lists_every_bad_entry_and_keeps_the_rest(project: Path):
     ]
 
 
+def test_a_video_in_two_splits_is_an_error_unless_intended(project: Path):
+    leak = {"format": "activitynet_captions", "split": "val", "name": "leak",
+            "files": [f"{A}/activitynet/train.json"]}
+    write_params(project, SOURCES + [leak])
+    assert error_line(run_stage(project)).startswith(
+        f"error: raw/{A}/activitynet/train.json: video 'v_QOlSCBRmfWY': video 'v_QOlSCBRmfWY' is in split 'val' "
+        f"here and in split 'train' in raw/{A}/activitynet/train.json; a video in two splits leaks between them "
+        "(set ingest.allow_split_overlap: true if that is intended)")
+    write_params(project, SOURCES + [leak], on_error="skip")
+    assert run_stage(project).returncode == 0
+    report = json.loads((project / "data/manifest/report.json").read_text())
+    leaked = [s for s in report["skipped"] if s["field"] == "split"]
+    assert {s["source"] for s in leaked} == {"leak"} and len(leaked) == 2  # both train videos, listed
+    events = Manifest.read(project / "data/manifest").events
+    assert {e.split for e in events if e.video_id == "v_QOlSCBRmfWY"} == {"train"}
+    write_params(project, SOURCES + [leak], allow_split_overlap=True)
+    assert run_stage(project).returncode == 0
+    events = Manifest.read(project / "data/manifest").events
+    assert {e.split for e in events if e.video_id == "v_QOlSCBRmfWY"} == {"train", "val"}
+
+
 # ---------------------------------------------------------------------------------------------- in-process
 def test_duration_conflicts_are_reported(project: Path, monkeypatch: pytest.MonkeyPatch):
     edit_json(

@@ -64,6 +64,10 @@ def ingest(cfg: IngestConfig | dict[str, Any], progress: bool = True) -> IngestR
     problems = [p for r in parsed for p in r.problems]
     _stop_if(on_error, problems)
     kept = [list(r.items) for r in parsed]
+    if not cfg.allow_split_overlap:
+        new = _check_splits(parsed, kept)
+        _stop_if(on_error, new)
+        problems += new
     videos: dict[str, _VideoInfo] = {}
     new = _find_videos(parsed, kept, videos, tuple(exts))
     _stop_if(on_error, new)
@@ -75,6 +79,28 @@ def ingest(cfg: IngestConfig | dict[str, Any], progress: bool = True) -> IngestR
     _stop_if(on_error, new)
     problems += new
     return _result(cfg, parsed, kept, videos, problems, vocab_cfg, on_error)
+
+
+def _check_splits(parsed: list[Parsed], kept: list[list[Item]]) -> list[Problem]:
+    """A video belongs to one split: rows of a video already seen in another split (in source order) are
+    problems — a video in train and test leaks its answers into training."""
+    home: dict[str, tuple[str, str]] = {}  # video id -> (split, the file that put it there)
+    problems: list[Problem] = []
+    for i, r in enumerate(parsed):
+        bad: set[str] = set()
+        for vid, items in _by_video(kept[i]).items():
+            for split in dict.fromkeys(item.row.split for item in items):
+                first = home.setdefault(vid, (split, items[0].file))
+                if first[0] != split:
+                    rows = [item for item in items if item.row.split == split]
+                    problems.append(Problem(
+                        rows[0].file, f"video '{vid}'", "split",
+                        f"video '{vid}' is in split '{split}' here and in split '{first[0]}' in {first[1]}; a video in "
+                        "two splits leaks between them (set ingest.allow_split_overlap: true if that is intended)",
+                        len(rows), r.source.name))
+                    bad.add((vid, split))
+        kept[i] = [item for item in kept[i] if (item.row.video_id, item.row.split) not in bad]
+    return problems
 
 
 def _find_videos(

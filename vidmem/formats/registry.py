@@ -74,6 +74,7 @@ class IngestConfig:
     root: str
     sources: list[dict[str, Any]]
     on_error: Literal["fail", "skip"] = "fail"
+    allow_split_overlap: bool = False  # true: a video may appear in several splits (say so when you mean it)
     time_tolerance: float = bounded(1.0, lo=0)
     video_exts: tuple[str, ...] = VIDEO_EXTS
     probe_workers: int = bounded(2, lo=1)
