@@ -454,6 +454,19 @@ def test_skip_lists_every_bad_entry_and_keeps_the_rest(project: Path):
     ]
 
 
+def test_skip_lists_an_unreadable_file_whole_and_goes_on(project: Path):
+    _malformed_json(project)
+    write_params(project, on_error="skip")
+    res = run_stage(project)
+    assert res.returncode == 0, res.stderr
+    report = json.loads((project / "data/manifest/report.json").read_text())
+    (whole,) = [s for s in report["skipped"] if s["entry"] == "whole file"]
+    assert whole["file"] == "raw/annotations/didemo/train_data.json" and whole["field"] == "file"
+    assert whole["reason"].startswith("malformed JSON at line 1 column 16") and whole["source"] == "didemo:train"
+    m = Manifest.read(project / "data/manifest")
+    assert m.events and m.queries and not [c for c in m.captions if c.source.startswith("didemo")]
+
+
 def test_a_video_in_two_splits_is_an_error_unless_intended(project: Path):
     leak = {"format": "activitynet_captions", "split": "val", "name": "leak",
             "files": [f"{A}/activitynet/train.json"]}

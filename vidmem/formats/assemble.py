@@ -58,7 +58,7 @@ def ingest(cfg: IngestConfig | dict[str, Any], progress: bool = True) -> IngestR
 
     parsed: list[Parsed] = []
     for src in sources:
-        result = FORMATS[src.format].parse(src)
+        result = _parse(src, on_error)
         log.info("%s: %d rows, %d problems", src.name, len(result.items), len(result.problems))
         parsed.append(result)
     problems = [p for r in parsed for p in r.problems]
@@ -79,6 +79,22 @@ def ingest(cfg: IngestConfig | dict[str, Any], progress: bool = True) -> IngestR
     _stop_if(on_error, new)
     problems += new
     return _result(cfg, parsed, kept, videos, problems, vocab_cfg, on_error)
+
+
+def _parse(src, on_error: str) -> Parsed:
+    """One source's rows. A file that cannot be read at all (malformed JSON, not UTF-8 ...) stops the run in
+    `fail` mode; with `skip` the whole source is listed in the report with the reason and ingest goes on."""
+    try:
+        return FORMATS[src.format].parse(src)
+    except UserError as e:
+        if on_error == "fail":
+            raise
+        files = [str(p) for v in src.paths.values() for p in (v if isinstance(v, list) else [v])]
+        message = str(e)
+        file = next((f for f in files if message.startswith(f)), files[0] if files else src.name)
+        reason = message[len(file):].lstrip(": ") if message.startswith(file) else message
+        log.warning("%s: skipped as a whole: %s", file, reason)
+        return Parsed(src, problems=[Problem(file, "whole file", "file", reason, 1, src.name)])
 
 
 def _check_splits(parsed: list[Parsed], kept: list[list[Item]]) -> list[Problem]:
