@@ -30,6 +30,7 @@ from vidmem.common import UserError, load_params, params_hash, run_stage, write_
 from vidmem.ledger import DONE, FAILED, Ledger
 from vidmem.manifest import Manifest, Video
 from vidmem.params import read
+from vidmem.toolchain import versions
 from vidmem.paths import Paths
 from vidmem.video import CompressConfig, VideoError, compress_video, die_with_parent, ffmpeg_version
 
@@ -220,7 +221,7 @@ def main() -> None:
     videos = Manifest.read(paths.manifest, tables=("videos",)).videos
     check_videos(videos, videos_file)
     metrics = compress_all(videos, paths.compressed, cfg)
-    write_json(paths.metric("compress"), metrics)
+    write_json(paths.metric("compress"), {**metrics, "toolchain": versions("ffmpeg", "libx264")})
 
 
 if __name__ == "__main__":

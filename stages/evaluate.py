@@ -19,6 +19,7 @@ from typing import Any
 from stages.dispatch import task_for
 from vidmem.common import UserError, load_params, run_stage, write_json
 from vidmem.paths import Paths
+from vidmem.toolchain import versions
 from vidmem.training import default_device, load_checkpoint
 
 log = logging.getLogger("stages.evaluate")
@@ -57,8 +58,9 @@ def main() -> None:
         raise UserError("usage: python -m stages.evaluate <model, baseline or family name>")
     name, params, paths = sys.argv[1], load_params(), Paths()
     single = name in (params.get("train") or {}) or name in (params.get("baselines") or {})
+    toolchain = {"toolchain": versions("torch", "numpy", "cpu")}  # float summation order moves numbers
     if single:
-        write_json(paths.metric(name), score(name, params, paths, paths.predictions / name))
+        write_json(paths.metric(name), {**score(name, params, paths, paths.predictions / name), **toolchain})
     elif name in (params.get("families") or {}):
         rows = family_rows(name, params)
         if not rows:
@@ -66,7 +68,7 @@ def main() -> None:
         out = paths.predictions / name
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-        write_json(paths.metric(name), {row: score(row, params, paths, out / row) for row in rows})
+        write_json(paths.metric(name), {**{row: score(row, params, paths, out / row) for row in rows}, **toolchain})
     else:
         raise UserError(f"params.yaml: '{name}' is not a model (train.{name}), a baseline (baselines.{name}) "
                         f"or a family (families.{name})")

@@ -14,6 +14,7 @@ import logging
 from models.encoders.tuning import make_tuning_task
 from vidmem.common import load_params, run_stage, write_json
 from vidmem.paths import Paths
+from vidmem.toolchain import versions
 from vidmem.training import fit
 
 log = logging.getLogger("stages.finetune_clip")
@@ -36,7 +37,8 @@ def main() -> None:
           f"best epoch {result.best_epoch})")
     write_json(paths.metric("clip"), {"val_untuned": before, "val_tuned": after, "best_epoch": result.best_epoch,
                                       "train_videos": len(task.train_videos),
-                                      "train_spans": sum(len(v.spans) for v in task.train_videos)})
+                                      "train_spans": sum(len(v.spans) for v in task.train_videos),
+                                      "toolchain": versions("torch", "numpy", "cpu")})
 
 
 if __name__ == "__main__":

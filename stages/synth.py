@@ -11,6 +11,7 @@ from vidmem.common import load_params, run_stage, write_json
 from vidmem.params import read
 from vidmem.paths import Paths
 from vidmem.synth import SynthConfig, generate
+from vidmem.toolchain import versions
 
 log = logging.getLogger("stages.synth")
 
@@ -20,7 +21,7 @@ def main() -> None:
     t0 = time.perf_counter()
     m = generate(cfg)
     log.info("synth: wrote %s in %.1f s", cfg.out, time.perf_counter() - t0)
-    write_json(Paths().metric("synth"), m)
+    write_json(Paths().metric("synth"), {**m, "toolchain": versions("ffmpeg", "libx264", "espeak-ng")})
 
 
 if __name__ == "__main__":
