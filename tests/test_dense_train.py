@@ -100,3 +100,23 @@ def test_predictions_are_activitynet_results(tmp_path):
             assert e["sentence"] == f["sentence"] and e["timestamp"] == pytest.approx(
                 f["timestamp"], abs=1e-5
             )
+
+
+def test_missing_test_videos_are_counted_and_scored_zero(tmp_path):
+    """A test video without features (failed compression) has no predictions: it is named in the metrics and
+    scores 0, as densevid scores a reference video without predictions."""
+    from vidmem.manifest import Event, Manifest, Video
+    from models.dense.task import DenseTrivial
+
+    events = [Event(v, "test", 0.0, 4.0, "a red circle moves left") for v in ("a", "b")]
+    events.append(Event("t", "train", 0.0, 4.0, "a red circle moves left"))
+    videos = [Video(v, f"{v}.mp4", 8.0) for v in ("a", "b", "t")]
+    Manifest(videos=videos, events=events).write(
+        Paths(tmp_path).manifest)
+    task = DenseTrivial("dense_trivial", RecipeConfig(), tiny_cfg(), Paths(tmp_path))
+    both = task.predict(None, "test")
+    only_a = {"a": both["a"]}
+    full, part = task.evaluate(both, "test"), task.evaluate(only_a, "test")
+    assert (full["n_videos_missing"], part["n_videos_missing"], part["videos_missing"]) == (0, 1, ["b"])
+    assert part["n_videos"] == full["n_videos"] == 2
+    assert part["METEOR"] == pytest.approx(full["METEOR"] / 2) and part["Recall"] == pytest.approx(full["Recall"] / 2)

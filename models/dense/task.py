@@ -60,9 +60,12 @@ def references(manifest: Manifest, split: str) -> list[dict[str, Any]]:
     return [refs[k] for k in sorted(refs)]
 
 
-def summarise(scores: Mapping[str, Any]) -> dict[str, Any]:
+def summarise(scores: Mapping[str, Any], missing: Sequence[str] = ()) -> dict[str, Any]:
+    """The reported numbers, with how many reference videos had no features (failed compression or
+    extraction): they are still scored — as 0, densevid's rule for a video without predictions."""
     summary = {k: scores[k] for k in SUMMARY_KEYS if k in scores}
-    summary.update(n_videos=scores.get("n_videos"), n_predictions=scores.get("n_predictions"))
+    summary.update(n_videos=scores.get("n_videos"), n_predictions=scores.get("n_predictions"),
+                   n_videos_missing=len(missing), videos_missing=sorted(missing))
     return summary
 
 
@@ -174,7 +177,9 @@ class DenseTask(Task):
         return path
 
     def evaluate(self, predictions, split: str) -> dict[str, Any]:
-        return summarise(evaluate_dense(predictions, references(self.manifest, split)))
+        refs = references(self.manifest, split)
+        missing = {v for ref in refs for v in ref} - set(predictions)
+        return summarise(evaluate_dense(predictions, refs), missing)
 
 
 class DenseTrivial(DenseTask):
