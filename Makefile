@@ -66,6 +66,7 @@ bench: install
 	$(BIN)/python -m bench.compress
 	$(BIN)/python -m bench.extract
 	$(BIN)/python -m bench.kernels --threads 1
+	$(BIN)/python -m bench.train
 
 ## Regenerate constraints.txt from the current environment after changing requirements.txt.
 lock: venv
