@@ -62,18 +62,26 @@ class Split:
 
 
 class StoredTexts:
-    """Word tokens / n_tokens / sentence vectors of the text store, keyed by sentence, cut to max_words."""
+    """Word tokens / n_tokens / sentence vectors of the text store, keyed by sentence, cut to max_words.
+    Read in one orthogonal selection per array (a read per sentence costs ~5 ms)."""
 
     def __init__(self, store, sentences: Sequence[str], max_words: int):
-        self.tokens: dict[str, np.ndarray] = {}
-        self.sentence: dict[str, np.ndarray] = {}
-        self.n: dict[str, int] = {}
-        for s in dict.fromkeys(sentences):
+        uniq = list(dict.fromkeys(sentences))
+        for s in uniq:
             if s not in store:
                 raise UserError(f"{store.path}: no features for the sentence {s!r}; rerun `dvc repro extract@text`")
-            self.tokens[s] = np.asarray(store.get(s, "tokens")[0, :max_words], dtype=np.float32)
-            self.sentence[s] = np.asarray(store.get(s, "sentence")[0], dtype=np.float32)
-            self.n[s] = int(min(int(store.get(s, "n_tokens")[0]), max_words))
+        rows = np.asarray([store.rows(s)[0] for s in uniq], dtype=np.int64)
+        order = np.argsort(rows)
+        pick = np.empty_like(order)
+        pick[order] = np.arange(len(order))
+
+        def read(name: str) -> np.ndarray:
+            return np.asarray(store.array(name).oindex[rows[order]])[pick] if len(rows) else np.zeros((0,))
+
+        tokens, sentence, n = read("tokens"), read("sentence"), read("n_tokens")
+        self.tokens = {s: np.asarray(tokens[i, :max_words], dtype=np.float32) for i, s in enumerate(uniq)}
+        self.sentence = {s: np.asarray(sentence[i], dtype=np.float32) for i, s in enumerate(uniq)}
+        self.n = {s: int(min(int(n[i]), max_words)) for i, s in enumerate(uniq)}
 
     def batch(self, sentences: Sequence[str]) -> TextInputs:
         return TextInputs(n_tokens=torch.tensor([self.n[s] for s in sentences]),
@@ -85,10 +93,20 @@ class StoredFrames:
     """`max_frames` frame features per video, uniformly sampled by the store's timestamps, zero-padded."""
 
     def __init__(self, store, videos: Sequence[str], max_frames: int):
+        uniq = list(dict.fromkeys(videos))
+        times = np.asarray(store.array("times")[:], dtype=np.float64)
+        picks = []
+        for v in uniq:
+            a, b = store.rows(v)
+            picks.append(a + uniform_frames(times[a:b], max_frames))
+        flat = np.concatenate(picks) if picks else np.zeros(0, np.int64)
+        uniq_rows, inverse = np.unique(flat, return_inverse=True)
+        feats = np.asarray(store.array("feats").oindex[uniq_rows], dtype=np.float32)[inverse]
         self.feats: dict[str, np.ndarray] = {}
-        for v in dict.fromkeys(videos):
-            idx = uniform_frames(np.asarray(store.get(v, "times"), dtype=np.float64), max_frames)
-            self.feats[v] = np.asarray(store.get(v)[idx], dtype=np.float32)
+        at = 0
+        for v, p in zip(uniq, picks):
+            self.feats[v] = feats[at: at + len(p)]
+            at += len(p)
         self.max_frames = max_frames
 
     def batch(self, videos: Sequence[str]) -> VideoInputs:

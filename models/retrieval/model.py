@@ -169,7 +169,7 @@ class RetrievalModel(nn.Module):
         target = torch.arange(sim.shape[0], device=sim.device)
         t2v, v2t = F.cross_entropy(sim, target), F.cross_entropy(sim.t(), target)
         loss = (t2v + v2t) / 2
-        return loss, {"loss": float(loss), "t2v": float(t2v), "v2t": float(v2t), "scale": float(self.scale())}
+        return loss, {"loss": loss.item(), "t2v": t2v.item(), "v2t": v2t.item(), "scale": self.scale().item()}
 
     @torch.no_grad()
     def similarity(self, text: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor, block: int = 32,

@@ -43,8 +43,7 @@ class RetrievalTask(Task):
             raise UserError(f"params.yaml train.{name}.select_by: must be t2v_r1 or loss, got {recipe.select_by!r}")
         self._manifest = manifest
         self._splits: dict[str, Split] = {}
-        self._texts = None
-        self._frames = None
+        self._loaded: dict[str, tuple[Any, Any]] = {}   # split → (texts, frames)
         self._encoder = None
 
     # ------------------------------------------------------------------------------------------ data
@@ -67,22 +66,29 @@ class RetrievalTask(Task):
             self._splits[name] = s
         return self._splits[name]
 
-    def _load(self) -> None:
-        """Frames and texts of every split, once (the stores or decoded frames; small)."""
-        if self._texts is not None:
+    def _load(self, splits: tuple[str, ...] = ("train", "val")) -> None:
+        """Frames and texts of `splits`, once each (from the stores, or decoded frames; small)."""
+        todo = [s for s in splits if s not in self._loaded]
+        if not todo:
             return
-        splits = [self.split(s) for s in ("train", "val", "test")]
-        videos = [v for s in splits for v in s.videos]
-        sentences = [t for s in splits for t in s.sentences]
+        parts = [self.split(s) for s in todo]
+        videos = [v for s in parts for v in s.videos]
+        sentences = [t for s in parts for t in s.sentences]
         c = self.config
         if c.towers == "features":
-            self._texts = StoredTexts(FeatureStore(self.paths.store("text")), sentences, c.max_words)
-            self._frames = StoredFrames(FeatureStore(self.paths.store("clip")), videos, c.max_frames)
+            texts = StoredTexts(FeatureStore(self.paths.store("text")), sentences, c.max_words)
+            frames = StoredFrames(FeatureStore(self.paths.store("clip")), videos, c.max_frames)
         else:
             enc = self.encoder()
-            self._texts = TokenizedTexts(enc, c.max_words)
-            self._frames = DecodedFrames({v: self.paths.compressed_video(v) for v in dict.fromkeys(videos)},
-                                         c.max_frames, enc.preprocess)
+            texts = TokenizedTexts(enc, c.max_words)
+            frames = DecodedFrames({v: self.paths.compressed_video(v) for v in dict.fromkeys(videos)},
+                                   c.max_frames, enc.preprocess)
+        for s in todo:
+            self._loaded[s] = (texts, frames)
+
+    def _inputs(self, split: str):
+        self._load((split,))
+        return self._loaded[split]
 
     def encoder(self):
         """The CLIP towers of the end-to-end setting (a fresh build each call of build())."""
@@ -104,14 +110,16 @@ class RetrievalTask(Task):
 
     # ------------------------------------------------------------------------------------------ training
     def build(self) -> nn.Module:
-        self._load()
         if self.config.towers == "features":
-            any_text = next(iter(self._texts.tokens.values()))
-            any_frame = next(iter(self._frames.feats.values()))
-            return RetrievalModel(self.config, any_text.shape[1], any_frame.shape[1])
+            return RetrievalModel(self.config, *self._feature_widths())
         enc = self.encoder()
         self._encoder = None  # restore() builds its own copy
         return RetrievalModel(self.config, enc.text_width, enc.embed_dim, towers=enc)
+
+    def _feature_widths(self) -> tuple[int, int]:
+        """(word-token width, joint-space width) of the stores, from one item each."""
+        text, clip = FeatureStore(self.paths.store("text")), FeatureStore(self.paths.store("clip"))
+        return int(text.array("tokens").shape[-1]), int(clip.array("feats").shape[-1])
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """New layers at lr, the CLIP towers at lr × coef_lr (EMCL / CLIP4Clip); no decay on 1-d tensors."""
@@ -137,10 +145,10 @@ class RetrievalTask(Task):
         return n // self.recipe.batch_size + (1 if n % self.recipe.batch_size >= 2 else 0)
 
     def collate(self, samples: Sequence[int]):
-        self._load()
         train = self.split("train")
-        t = self._texts.batch([train.sentences[i] for i in samples]).to(self.device)
-        v = self._frames.batch([train.videos[train.text_video[i]] for i in samples]).to(self.device)
+        texts, frames = self._inputs("train")
+        t = texts.batch([train.sentences[i] for i in samples]).to(self.device)
+        v = frames.batch([train.videos[train.text_video[i]] for i in samples]).to(self.device)
         return t, v
 
     def describe(self, samples: Sequence[int]) -> str:
@@ -164,15 +172,15 @@ class RetrievalTask(Task):
     @torch.no_grad()
     def similarity(self, model: RetrievalModel, split: str, block: int | None = None) -> np.ndarray:
         """Cache every text and video feature of `split`, then score all pairs blockwise (float64)."""
-        self._load()
         s, c = self.split(split), self.config
+        text_inputs, frame_inputs = self._inputs(split)
         was = model.training
         model.eval()
         texts, frames, masks = [], [], []
         for a in range(0, len(s), 64):
-            texts.append(model.encode_text(self._texts.batch(s.sentences[a:a + 64]).to(self.device)))
+            texts.append(model.encode_text(text_inputs.batch(s.sentences[a:a + 64]).to(self.device)))
         for a in range(0, len(s.videos), 64):
-            v = self._frames.batch(s.videos[a:a + 64]).to(self.device)
+            v = frame_inputs.batch(s.videos[a:a + 64]).to(self.device)
             frames.append(model.encode_video(v))
             masks.append(v.mask)
         sim = model.similarity(torch.cat(texts).double(), torch.cat(frames).double(), torch.cat(masks).double(),
