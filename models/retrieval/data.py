@@ -83,6 +83,13 @@ class StoredTexts:
         self.sentence = {s: np.asarray(sentence[i], dtype=np.float32) for i, s in enumerate(uniq)}
         self.n = {s: int(min(int(n[i]), max_words)) for i, s in enumerate(uniq)}
 
+    @classmethod
+    def from_arrays(cls, tokens: dict[str, np.ndarray], sentence: dict[str, np.ndarray], n: dict[str, int]) -> StoredTexts:
+        """In memory (tests, notebooks): per sentence tokens [L, W], sentence [E] and n_tokens."""
+        out = cls.__new__(cls)
+        out.tokens, out.sentence, out.n = dict(tokens), dict(sentence), dict(n)
+        return out
+
     def batch(self, sentences: Sequence[str]) -> TextInputs:
         return TextInputs(n_tokens=torch.tensor([self.n[s] for s in sentences]),
                           tokens=torch.from_numpy(np.stack([self.tokens[s] for s in sentences])),
@@ -108,6 +115,13 @@ class StoredFrames:
             self.feats[v] = feats[at: at + len(p)]
             at += len(p)
         self.max_frames = max_frames
+
+    @classmethod
+    def from_arrays(cls, feats: dict[str, np.ndarray], max_frames: int) -> StoredFrames:
+        """In memory (tests, notebooks): per video its (already sampled) frame features [≤ max_frames, E]."""
+        out = cls.__new__(cls)
+        out.feats, out.max_frames = {v: np.asarray(f, np.float32) for v, f in feats.items()}, max_frames
+        return out
 
     def batch(self, videos: Sequence[str]) -> VideoInputs:
         dim = next(iter(self.feats.values())).shape[1]

@@ -37,13 +37,15 @@ class RetrievalTask(Task):
     code = ("metrics/retrieval.py", "models/encoders", "vidmem/decode.py")
 
     def __init__(self, name: str, recipe, config: RetrievalConfig, paths: Paths, params=None,
-                 manifest: Manifest | None = None):
+                 manifest: Manifest | None = None, loaded: Mapping[str, tuple[Any, Any]] | None = None):
+        """manifest / loaded: the captions and, per split, in-memory (texts, frames) instead of the stores."""
         super().__init__(name, recipe, config, paths, params)
         if recipe.select_by not in ("loss", "t2v_r1"):
             raise UserError(f"params.yaml train.{name}.select_by: must be t2v_r1 or loss, got {recipe.select_by!r}")
         self._manifest = manifest
         self._splits: dict[str, Split] = {}
-        self._loaded: dict[str, tuple[Any, Any]] = {}   # split → (texts, frames)
+        self._loaded: dict[str, tuple[Any, Any]] = dict(loaded or {})   # split → (texts, frames)
+        self._in_memory = loaded is not None
         self._encoder = None
 
     # ------------------------------------------------------------------------------------------ data
@@ -54,6 +56,8 @@ class RetrievalTask(Task):
         return self._manifest
 
     def _available(self) -> set[str] | None:
+        if self._in_memory:
+            return None
         if self.config.towers == "features":
             return set(FeatureStore(self.paths.store("clip")).ids)
         return {v.video_id for v in self.manifest.videos if self.paths.compressed_video(v.video_id).is_file()}
@@ -101,6 +105,8 @@ class RetrievalTask(Task):
         return self._encoder
 
     def inputs(self) -> list[Path]:
+        if self._in_memory:
+            return []
         m = self.paths.manifest
         if self.config.towers == "features":
             stores = [self.paths.store("clip"), self.paths.store("text")]
@@ -118,6 +124,9 @@ class RetrievalTask(Task):
 
     def _feature_widths(self) -> tuple[int, int]:
         """(word-token width, joint-space width) of the stores, from one item each."""
+        if self._in_memory:
+            texts, frames = next(iter(self._loaded.values()))
+            return (next(iter(texts.tokens.values())).shape[-1], next(iter(frames.feats.values())).shape[-1])
         text, clip = FeatureStore(self.paths.store("text")), FeatureStore(self.paths.store("clip"))
         return int(text.array("tokens").shape[-1]), int(clip.array("feats").shape[-1])
 
@@ -234,10 +243,11 @@ class RetrievalChance(RetrievalTask):
 
 
 def make_task(name: str, layers: Sequence[Layer], paths: Paths, params: Mapping[str, Any] | None = None,
-              baseline: str | None = None, manifest: Manifest | None = None) -> RetrievalTask:
+              baseline: str | None = None, manifest: Manifest | None = None,
+              loaded: Mapping[str, tuple[Any, Any]] | None = None) -> RetrievalTask:
     recipe, cfg = read_task_params(RetrievalConfig, layers)
     if baseline is None:
-        return RetrievalTask(name, recipe, cfg, paths, params, manifest)
+        return RetrievalTask(name, recipe, cfg, paths, params, manifest, loaded)
     if baseline == "chance":
         return RetrievalChance(name, recipe, dataclasses.replace(cfg), paths, params, manifest)
     raise UserError(f"params.yaml baselines.{name}.kind: the retrieval family has the baseline 'chance', "
