@@ -179,7 +179,7 @@ class RetrievalModel(nn.Module):
         for i in range(0, text.shape[0], block):
             for j in range(0, frames.shape[0], block):
                 out[i:i + block, j:j + block] = self.pair_scores(
-                    text[i:i + block], frames[j:j + block], mask[j:j + block], em_mode).double()
+                    text[i:i + block], frames[j:j + block], mask[j:j + block], em_mode).double().cpu()
         return out
 
 
