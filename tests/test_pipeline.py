@@ -36,6 +36,7 @@ def tiny_params(params: dict) -> dict:
     params["extract"].update(batch_size=16, rows_per_chunk=64, chunks_per_shard=2)
     params["families"]["dense"].update(TINY_DENSE)
     params["train"]["cm2"].update(window=4, soft_k=3)
+    params["families"]["retrieval"].update(epochs=2, batch_size=4, max_frames=4, em_bases=4, em_iters=2, heads=2)
     return params
 
 
@@ -69,7 +70,8 @@ def project(tmp_path_factory) -> Path:
 def test_every_stage_ran(project):
     stages = run(project, "dvc", "stage", "list", "--name-only").stdout.split()
     assert {"synth", "ingest", "compress", "finetune_clip", "extract@clip", "extract@lavila", "extract@text",
-            "bank", "train@pdvc", "train@cm2", "evaluate@pdvc", "evaluate@cm2", "evaluate@dense_trivial"} <= set(stages)
+            "bank", "train@pdvc", "train@cm2", "evaluate@pdvc", "evaluate@cm2", "evaluate@dense_trivial",
+            "train@meanp", "train@emcl", "evaluate@retrieval"} <= set(stages)
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert set(stages) <= set(lock)
     for name in ("synth", "ingest", "compress", "clip", "features_clip", "bank", "pdvc", "cm2", "dense_trivial"):
@@ -78,6 +80,11 @@ def test_every_stage_ran(project):
     assert {"METEOR", "CIDEr", "Bleu_4", "SODA_c", "Precision", "Recall", "F1"} <= set(cm2)
     pred = json.loads((project / "data" / "predictions" / "cm2.json").read_text())
     assert set(pred) >= {"version", "results"} and pred["results"]
+    retrieval = json.loads((project / "metrics" / "retrieval.json").read_text())
+    assert set(retrieval) == {"meanp", "emcl", "retrieval_chance"}
+    assert all({"t2v", "v2t"} <= set(row) for row in retrieval.values())
+    sims = project / "data" / "predictions" / "retrieval"
+    assert all((sims / f"{m}.{ext}").is_file() for m in retrieval for ext in ("npy", "rows.json", "cols.json"))
 
 
 def test_second_repro_is_a_fast_no_op(project):

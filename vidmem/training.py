@@ -351,8 +351,8 @@ def fit(task: Task, out_dir: str | os.PathLike | None = None, curves: str | os.P
             if share is None:
                 break
             lr = lr_at(recipe, state["step"], epoch, total)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
+            for g in optimizer.param_groups:  # a group's lr_scale (e.g. CLIP towers' coef_lr) scales the schedule
+                g["lr"] = lr * g.get("lr_scale", 1.0)
             batch = task.collate(share)
             loss, terms = task.step(model, batch)
             if not torch.isfinite(loss):
