@@ -154,10 +154,11 @@ def test_unified_alternates_levels(tmp_path):
     data = tiny_data()
     gen = {lv: {sp: {v: [(s, e, t) for l2, v2, sp2, s, e, t in data.references if l2 == lv and v2 == v]
                      for v in data.split_videos(sp)} for sp in ("train", "val", "test")} for lv in ("clip", "segment")}
-    task = tiny_task(tmp_path, "unified", data=data, generated=gen, epochs=1)
+    task = tiny_task(tmp_path, "unified", data=data, generated=gen, epochs=1, unified_samples=16)
     from vidmem.training import EpochContext
     batches = task.batches(EpochContext(0, 0))
     assert [b[0][0] for b in batches[:6]] == ["clip", "segment", "video"] * 2
+    assert len(batches) == 3 * -(-task.config.unified_samples // 8)
     assert len(batches) == task.steps_per_epoch()
     fit(task, tmp_path / "u", progress=False)
     preds = task.predict(task.restore(torch.load(tmp_path / "u" / "best.pt", weights_only=False)), "test")
@@ -222,20 +223,20 @@ def test_caption_stage_resumes_after_a_kill(tmp_path, monkeypatch):
     model = task.build()
     out = tmp_path / "cap"
     calls = []
-    real = RecapTask.caption_video
+    real = RecapTask.caption_videos
 
-    def dying(self, model, level, vid, lower):
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # killed while captioning the 4th video
-        calls.append(vid)
-        return real(self, model, level, vid, lower)
+    def dying(self, model, level, vids, lower):
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # killed while captioning the second chunk
+        calls.append(vids)
+        return real(self, model, level, vids, lower)
 
-    monkeypatch.setattr(RecapTask, "caption_video", dying)
+    monkeypatch.setattr(RecapTask, "caption_videos", dying)
     with pytest.raises(KeyboardInterrupt):
-        generate_captions(task, model, "clip", out, None)
+        generate_captions(task, model, "clip", out, None, chunk=3)
     assert len(list((out / "parts").glob("*.json"))) == 3
-    monkeypatch.setattr(RecapTask, "caption_video", real)
-    counts = generate_captions(task, model, "clip", out, None)
+    monkeypatch.setattr(RecapTask, "caption_videos", real)
+    counts = generate_captions(task, model, "clip", out, None, chunk=3)
     assert counts["resumed"] == 3 and counts["generated"] == len(data.videos) - 3
     first = (out / "clips_train.pkl").read_bytes()
     fresh = tmp_path / "fresh"

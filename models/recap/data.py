@@ -111,8 +111,7 @@ class Batch:
 
 def collate(samples: Sequence[Sample], use_text: bool) -> Batch:
     """Pad one level's samples (all share level and feature kind)."""
-    kinds = {s.kind for s in samples} | {s.level for s in samples}
-    if len(kinds) != 2:
+    if len({s.kind for s in samples}) != 1 or len({s.level for s in samples}) != 1:
         raise ValueError("a ReCap batch holds one level and one feature kind")
     n = max(len(s.feats) for s in samples)
     d = samples[0].feats.shape[1]

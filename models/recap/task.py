@@ -208,8 +208,8 @@ class RecapTask(Task):
         return out
 
     def _rounds(self) -> int:
-        bs = self.recipe.batch_size
-        return max(-(-len(self.samples(lv, "train")) // bs) for lv in self.config.levels)
+        """ReCap-U's rounds per epoch: `unified_samples` per level (the paper's force_len), in batches."""
+        return -(-self.config.unified_samples // self.recipe.batch_size)
 
     def steps_per_epoch(self) -> int:
         if len(self.config.levels) == 1:
@@ -293,8 +293,16 @@ class RecapTask(Task):
 
     def caption_video(self, model: ReCap, level: str, vid: str,
                       lower: Sequence[tuple[float, float, str]] | None) -> list[tuple[float, float, str]]:
-        samples = [self.sample(level, vid, s, e, "", lower) for s, e in self.grid(level, vid)]
-        return [(s.start, s.end, c) for s, c in zip(samples, self.caption(model, samples))]
+        return self.caption_videos(model, level, [vid], {vid: list(lower or [])})[vid]
+
+    def caption_videos(self, model: ReCap, level: str, vids: Sequence[str],
+                       lower: Mapping[str, Sequence[tuple[float, float, str]]]) -> dict[str, list]:
+        """Every `level` window of `vids` on the inference grid, decoded together (one batch per 64)."""
+        samples = [self.sample(level, v, s, e, "", lower.get(v, [])) for v in vids for s, e in self.grid(level, v)]
+        out: dict[str, list] = {v: [] for v in vids}
+        for s, c in zip(samples, self.caption(model, samples)):
+            out[s.video_id].append((s.start, s.end, c))
+        return out
 
     # ------------------------------------------------------------------------------------------ evaluation
     def predict(self, model, split: str) -> dict[str, dict[str, str]]:
@@ -311,8 +319,8 @@ class RecapTask(Task):
             samples = [self.sample(lv, v, s, e, "", lower.get(v, [])) for v, s, e, _ in refs]
             preds[lv] = dict(zip((s.key for s in samples), self.caption(model, samples)))
             if self.config.level == "unified" and lv != "video":
-                own[lv] = {v: self.caption_video(model, lv, v, own.get(LOWER.get(lv, ""), {}).get(v))
-                           for v in self.data.split_videos(split)}
+                below = own.get(LOWER.get(lv, ""), {}) if self.uses_text(lv) else {}
+                own[lv] = self.caption_videos(model, lv, self.data.split_videos(split), below)
         return preds
 
     def write_predictions(self, predictions, path: Path) -> Path:
@@ -345,11 +353,12 @@ class RecapTrivial(RecapTask):
 
 # ---------------------------------------------------------------------------------------------------- captions@
 def generate_captions(task: RecapTask, model: ReCap, level: str, out: Path, checkpoint: Path | None,
-                      splits: Sequence[str] = ("train", "val", "test")) -> dict[str, Any]:
+                      splits: Sequence[str] = ("train", "val", "test"), chunk: int = 8) -> dict[str, Any]:
     """Caption every `level` window of every video of `splits` into `out/` (Ego4D-HCap files per split).
 
-    Resumable per video: each video's captions go to `out/parts/<vid>.json` with the key of what was read
-    (checkpoint, lower-level captions, config); a rerun keeps parts whose key matches and redoes the rest.
+    Resumable per video: videos are decoded `chunk` at a time and each video's captions go to
+    `out/parts/<vid>.json` with the key of what was read (checkpoint, lower-level captions, config); a rerun
+    keeps parts whose key matches and redoes the rest.
     `out/read.json` records what the stage read."""
     lower_level = LOWER.get(level)
     ck = file_hash(checkpoint) if checkpoint is not None else "in-memory"
@@ -362,26 +371,31 @@ def generate_captions(task: RecapTask, model: ReCap, level: str, out: Path, chec
         if task.uses_text(level):
             lower = task.generated(lower_level, split)
             lower_file = task.paths.captions / lower_level / HCAP_FILES[lower_level].format(split=split)
-        entries: list[Any] = []
         vids = task.data.split_videos(split)
+        keys = {v: hashlib.sha256(json.dumps([ck, record["config"], level, v, lower.get(v, [])], sort_keys=True,
+                                             default=str).encode()).hexdigest() for v in vids}
+        done: dict[str, list] = {}
         for vid in vids:
-            mine = lower.get(vid, [])
-            key = hashlib.sha256(json.dumps([ck, record["config"], level, vid, mine], sort_keys=True,
-                                            default=str).encode()).hexdigest()
             part = out / "parts" / f"{vid}.json"
-            caps = None
             if part.is_file():
                 try:
                     got = json.loads(part.read_text())
-                    if got.get("key") == key:
-                        caps = [tuple(c) for c in got["captions"]]
+                    if got.get("key") == keys[vid]:
+                        done[vid] = [tuple(c) for c in got["captions"]]
                         counts["resumed"] += 1
                 except (ValueError, KeyError):
-                    caps = None
-            if caps is None:
-                caps = task.caption_video(model, level, vid, mine)
-                write_atomic(part, json.dumps({"key": key, "captions": caps}).encode())
+                    pass
+        todo = [v for v in vids if v not in done]
+        for a in range(0, len(todo), chunk):      # a kill loses at most one chunk of videos
+            got = task.caption_videos(model, level, todo[a : a + chunk], lower)
+            for vid, caps in got.items():
+                write_atomic(out / "parts" / f"{vid}.json", json.dumps({"key": keys[vid], "captions": caps}).encode())
+                done[vid] = [tuple(c) for c in caps]
                 counts["generated"] += 1
+        entries: list[Any] = []
+        for vid in vids:
+            mine = lower.get(vid, [])
+            caps = done[vid]
             inputs = [[c for c in mine if s - 1e-6 <= c[0] < e - 1e-6] for s, e, _ in caps] if mine else None
             entries += hcap_entries(level, vid, caps, inputs)
         write_hcap(out / HCAP_FILES[level].format(split=split), level, entries)
