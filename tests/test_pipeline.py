@@ -25,8 +25,9 @@ TINY_DENSE = {"hidden": 32, "heads": 2, "ffn_dim": 64, "norm_groups": 8, "num_qu
               "lr": 1.0e-3, "batch_size": 2, "epochs": 1, "select_by": "meteor_soda"}
 
 
-TINY_RECAP = dict(epochs=2, batch_size=8, hidden=32, heads=2, video_queries=4, text_queries=4, segment_feats=4,
-                  video_feats=8, clip_words=10, segment_words=16, video_words=20, segment_sec=12)
+TINY_RECAP = {"epochs": 2, "batch_size": 8, "hidden": 32, "heads": 2, "video_queries": 4, "text_queries": 4,
+              "segment_feats": 4, "video_feats": 8, "clip_words": 10, "segment_words": 16, "video_words": 20,
+              "segment_sec": 12}
 
 
 def tiny_params(params: dict) -> dict:

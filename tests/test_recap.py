@@ -11,8 +11,14 @@ import pytest
 import torch
 
 from models.recap.config import RecapConfig
-from models.recap.data import (Sample, captions_inside, collate, masked_sample, read_hcap, uniform_indices,
-                               windows)
+from models.recap.data import (
+    captions_inside,
+    collate,
+    masked_sample,
+    read_hcap,
+    uniform_indices,
+    windows,
+)
 from models.recap.model import ReCap
 from models.recap.task import RecapData, RecapTask, RecapTrivial, generate_captions, make_task
 from vidmem.common import UserError
@@ -29,8 +35,8 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-TINY = dict(hidden=32, heads=2, video_queries=4, text_queries=4, segment_feats=4, video_feats=6, lavila_dim=8,
-            clip_dim=8, dropout=0.0, clip_sec=4.0, segment_sec=12.0, max_text_tokens=40)
+TINY = {"hidden": 32, "heads": 2, "video_queries": 4, "text_queries": 4, "segment_feats": 4, "video_feats": 6, "lavila_dim": 8,
+            "clip_dim": 8, "dropout": 0.0, "clip_sec": 4.0, "segment_sec": 12.0, "max_text_tokens": 40}
 COLOURS = ["red", "blue", "green"]
 MOVES = ["moves left", "grows", "spins"]
 

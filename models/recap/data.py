@@ -104,7 +104,7 @@ class Batch:
     target_mask: torch.Tensor
 
     def to(self, device: torch.device) -> Batch:
-        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+        mv = lambda t: None if t is None else t.to(device)
         return Batch(mv(self.feats), mv(self.feat_mask), self.kind, self.level, mv(self.text), mv(self.text_mask),
                      mv(self.ids), mv(self.targets), mv(self.target_mask))
 

@@ -31,9 +31,23 @@ from torch import nn
 
 from metrics.hierarchy import flatten, score_hierarchy
 from models.recap.config import LEVELS, RecapConfig
-from models.recap.data import (HCAP_FILES, Batch, Sample, captions_inside, collate, hcap_entries, join_captions,
-                               key_of, masked_sample, read_hcap, rows_in, uniform_indices, windows, write_atomic,
-                               write_hcap)
+from models.recap.data import (
+    HCAP_FILES,
+    Batch,
+    Sample,
+    captions_inside,
+    collate,
+    hcap_entries,
+    join_captions,
+    key_of,
+    masked_sample,
+    read_hcap,
+    rows_in,
+    uniform_indices,
+    windows,
+    write_atomic,
+    write_hcap,
+)
 from models.recap.model import ReCap
 from vidmem.common import UserError, file_hash
 from vidmem.formats.vocab import Vocab
