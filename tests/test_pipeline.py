@@ -25,6 +25,11 @@ TINY_DENSE = {"hidden": 32, "heads": 2, "ffn_dim": 64, "norm_groups": 8, "num_qu
               "lr": 1.0e-3, "batch_size": 2, "epochs": 1, "select_by": "meteor_soda"}
 
 
+TINY_RECAP = {"epochs": 2, "batch_size": 8, "hidden": 32, "heads": 2, "video_queries": 4, "text_queries": 4,
+              "segment_feats": 4, "video_feats": 8, "clip_words": 10, "segment_words": 16, "video_words": 20,
+              "segment_sec": 12}
+
+
 def tiny_params(params: dict) -> dict:
     s = params["synth"]
     s["short"].update(count={"train": 4, "val": 2, "test": 2}, duration=[10, 12], events=[2, 3])
@@ -37,6 +42,7 @@ def tiny_params(params: dict) -> dict:
     params["families"]["dense"].update(TINY_DENSE)
     params["train"]["cm2"].update(window=4, soft_k=3)
     params["families"]["retrieval"].update(epochs=2, batch_size=4, max_frames=4, em_bases=4, em_iters=2, heads=2)
+    params["families"]["recap"].update(TINY_RECAP)
     return params
 
 
@@ -67,11 +73,15 @@ def project(tmp_path_factory) -> Path:
     return root
 
 
+RECAP_STAGES = ("train@recap_clip", "captions@clip", "train@recap_segment", "captions@segment", "train@recap_video",
+                "captions@video", "train@recap_flat", "train@recapu", "evaluate@recap")
+
+
 def test_every_stage_ran(project):
     stages = run(project, "dvc", "stage", "list", "--name-only").stdout.split()
     assert {"synth", "ingest", "compress", "finetune_clip", "extract@clip", "extract@lavila", "extract@text",
             "bank", "train@pdvc", "train@cm2", "evaluate@pdvc", "evaluate@cm2", "evaluate@dense_trivial",
-            "train@meanp", "train@emcl", "evaluate@retrieval"} <= set(stages)
+            "train@meanp", "train@emcl", "evaluate@retrieval", *RECAP_STAGES} <= set(stages)
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert set(stages) <= set(lock)
     for name in ("synth", "ingest", "compress", "clip", "features_clip", "bank", "pdvc", "cm2", "dense_trivial"):
@@ -81,10 +91,36 @@ def test_every_stage_ran(project):
     pred = json.loads((project / "data" / "predictions" / "cm2.json").read_text())
     assert set(pred) >= {"version", "results"} and pred["results"]
     retrieval = json.loads((project / "metrics" / "retrieval.json").read_text())
+    assert {"torch", "cpu"} <= set(retrieval.pop("toolchain"))  # beside the rows: what made the numbers
     assert set(retrieval) == {"meanp", "emcl", "retrieval_chance"}
     assert all({"t2v", "v2t"} <= set(row) for row in retrieval.values())
     sims = project / "data" / "predictions" / "retrieval"
     assert all((sims / f"{m}.{ext}").is_file() for m in retrieval for ext in ("npy", "rows.json", "cols.json"))
+    recap = json.loads((project / "metrics" / "recap.json").read_text())
+    recap.pop("toolchain")
+    assert set(recap) == {"recap_clip", "recap_segment", "recap_video", "recap_flat", "recapu", "recap_trivial"}
+    assert {"clip/CIDEr", "segment/CIDEr", "video/CIDEr", "video/rougeLsum"} <= set(recap["recapu"])
+    for level, name in (("clip", "clips_train.pkl"), ("segment", "segments_val.pkl"), ("video", "videos_test.json")):
+        assert (project / "data" / "captions" / level / name).is_file()
+
+
+def test_recap_curriculum_reruns_only_downstream(project):
+    """A clip-level param change marks only the stages reading it changed (train@recap_clip, and captions@clip,
+    which captions with that model's config; the rest follow their outputs); retraining
+    the clip model from scratch with the same params reproduces it byte for byte, so nothing downstream reruns."""
+    path = project / "params.yaml"
+    orig = path.read_text()
+    params = yaml.safe_load(orig)
+    params["train"]["recap_clip"]["lr"] = 2.0e-3
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        changed = set(json.loads(run(project, "dvc", "status", "--json").stdout))
+    finally:
+        path.write_text(orig)
+    assert changed == {"train@recap_clip", "captions@clip"}   # the two stages that read train.recap_clip
+    shutil.rmtree(project / "data" / "checkpoints" / "recap" / "recap_clip")
+    run(project, "dvc", "repro", "train@recap_clip")
+    assert json.loads(run(project, "dvc", "status", "--json").stdout) == {}
 
 
 def test_second_repro_is_a_fast_no_op(project):

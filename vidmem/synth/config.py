@@ -74,11 +74,11 @@ class ShortConfig:
 
 @dataclass(frozen=True)
 class LongConfig:
-    count: dict[str, int] = field(default_factory=lambda: {"train": 4, "val": 1, "test": 1})
-    duration: tuple[float, float] = bounded((180.0, 360.0), lo=1.0)
+    count: dict[str, int] = field(default_factory=lambda: {"train": 40, "val": 8, "test": 10})
+    duration: tuple[float, float] = bounded((60.0, 120.0), lo=1.0)
     gap: tuple[float, float] = bounded((1.0, 12.0), lo=0)
     clip_sec: float = bounded(4.0, lo=0)
-    segment_sec: float = bounded(60.0, lo=0)
+    segment_sec: float = bounded(30.0, lo=0)
 
     def check(self, where: str) -> None:
         object.__setattr__(self, "count", _counts(where, "count", self.count))
