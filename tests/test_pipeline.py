@@ -36,6 +36,9 @@ def tiny_params(params: dict) -> dict:
     params["extract"].update(batch_size=16, rows_per_chunk=64, chunks_per_shard=2)
     params["families"]["dense"].update(TINY_DENSE)
     params["train"]["cm2"].update(window=4, soft_k=3)
+    params["families"]["grounding"].update(epochs=1, batch_size=4, pre_clips=16, num_clips=8, pooling_counts=[7],
+                                           hidden=16, heads=2, ffn_dim=32, conv_hidden=16, kernel=3,
+                                           conv_layers=1)
     return params
 
 
@@ -69,15 +72,21 @@ def project(tmp_path_factory) -> Path:
 def test_every_stage_ran(project):
     stages = run(project, "dvc", "stage", "list", "--name-only").stdout.split()
     assert {"synth", "ingest", "compress", "finetune_clip", "extract@clip", "extract@lavila", "extract@text",
-            "bank", "train@pdvc", "train@cm2", "evaluate@pdvc", "evaluate@cm2", "evaluate@dense_trivial"} <= set(stages)
+            "bank", "train@pdvc", "train@cm2", "evaluate@pdvc", "evaluate@cm2", "evaluate@dense_trivial",
+            "extract@audio", "train@mmn", "train@mrnet", "train@mrnet_speech", "evaluate@grounding"} <= set(stages)
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert set(stages) <= set(lock)
-    for name in ("synth", "ingest", "compress", "clip", "features_clip", "bank", "pdvc", "cm2", "dense_trivial"):
+    for name in ("synth", "ingest", "compress", "clip", "features_clip", "bank", "pdvc", "cm2", "dense_trivial",
+                 "features_audio", "grounding"):
         assert (project / "metrics" / f"{name}.json").is_file(), name
     cm2 = json.loads((project / "metrics" / "cm2.json").read_text())
     assert {"METEOR", "CIDEr", "Bleu_4", "SODA_c", "Precision", "Recall", "F1"} <= set(cm2)
     pred = json.loads((project / "data" / "predictions" / "cm2.json").read_text())
     assert set(pred) >= {"version", "results"} and pred["results"]
+    grounding = json.loads((project / "metrics" / "grounding.json").read_text())
+    assert set(grounding) == {"mmn", "mrnet", "mrnet_speech", "grounding_prior"}
+    row = json.loads((project / "data" / "predictions" / "grounding" / "mrnet.jsonl").read_text().splitlines()[0])
+    assert set(row) == {"vid", "query_idx", "query", "pred_relevant_windows"}
 
 
 def test_second_repro_is_a_fast_no_op(project):

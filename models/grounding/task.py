@@ -72,7 +72,8 @@ class GroundingTask(Task):
                                             prepare_clips(clips.get(vid), self.config.pre_clips), items))
             if dropped:
                 log.warning("%s %s: %d queries without features skipped", self.name, split, dropped)
-            check_split(videos, split)
+            if split != "val":  # no val queries: no selection score; fit keeps the lowest-train-loss epoch
+                check_split(videos, split)
             self._splits[split] = videos
         return self._splits[split]
 
@@ -131,6 +132,8 @@ class GroundingTask(Task):
         return grounding_loss(model, batch, self.config, self._epoch)
 
     def validate(self, model, epoch: int) -> dict[str, float] | None:
+        if not self.dataset("val"):
+            return None
         s = self.evaluate(self.predict(model, "val"), "val")
         return {"R1_05": s["R@1,IoU@0.5"], "mIoU": s["mIoU"], "score": s["R@1,IoU@0.5"] + s["mIoU"]}
 
