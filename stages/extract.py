@@ -1,6 +1,6 @@
-"""extract@{clip,lavila,text}: features of every compressed video / manifest sentence into a zarr store.
+"""extract@{clip,lavila,text,audio}: features of every compressed video / manifest sentence / query WAV into a zarr store.
 
-    python -m stages.extract clip|lavila|text
+    python -m stages.extract clip|lavila|text|audio
     torchrun --nproc_per_node=2 -m stages.extract clip     # same store, each rank writing whole shards
 
 Reads the manifest, the compressed videos and the tuned CLIP checkpoint; writes `data/features/<kind>.zarr`

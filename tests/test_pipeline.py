@@ -43,6 +43,9 @@ def tiny_params(params: dict) -> dict:
     params["train"]["cm2"].update(window=4, soft_k=3)
     params["families"]["retrieval"].update(epochs=2, batch_size=4, max_frames=4, em_bases=4, em_iters=2, heads=2)
     params["families"]["recap"].update(TINY_RECAP)
+    params["families"]["grounding"].update(epochs=1, batch_size=4, pre_clips=16, num_clips=8, pooling_counts=[7],
+                                           hidden=16, heads=2, ffn_dim=32, conv_hidden=16, kernel=3,
+                                           conv_layers=1)
     return params
 
 
@@ -81,10 +84,12 @@ def test_every_stage_ran(project):
     stages = run(project, "dvc", "stage", "list", "--name-only").stdout.split()
     assert {"synth", "ingest", "compress", "finetune_clip", "extract@clip", "extract@lavila", "extract@text",
             "bank", "train@pdvc", "train@cm2", "evaluate@pdvc", "evaluate@cm2", "evaluate@dense_trivial",
-            "train@meanp", "train@emcl", "evaluate@retrieval", *RECAP_STAGES} <= set(stages)
+            "train@meanp", "train@emcl", "evaluate@retrieval", *RECAP_STAGES,
+            "extract@audio", "train@mmn", "train@mrnet", "train@mrnet_speech", "evaluate@grounding"} <= set(stages)
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert set(stages) <= set(lock)
-    for name in ("synth", "ingest", "compress", "clip", "features_clip", "bank", "pdvc", "cm2", "dense_trivial"):
+    for name in ("synth", "ingest", "compress", "clip", "features_clip", "bank", "pdvc", "cm2", "dense_trivial",
+                 "features_audio", "grounding"):
         assert (project / "metrics" / f"{name}.json").is_file(), name
     cm2 = json.loads((project / "metrics" / "cm2.json").read_text())
     assert {"METEOR", "CIDEr", "Bleu_4", "SODA_c", "Precision", "Recall", "F1"} <= set(cm2)
@@ -96,6 +101,11 @@ def test_every_stage_ran(project):
     assert all({"t2v", "v2t"} <= set(row) for row in retrieval.values())
     sims = project / "data" / "predictions" / "retrieval"
     assert all((sims / f"{m}.{ext}").is_file() for m in retrieval for ext in ("npy", "rows.json", "cols.json"))
+    grounding = json.loads((project / "metrics" / "grounding.json").read_text())
+    grounding.pop("toolchain")
+    assert set(grounding) == {"mmn", "mrnet", "mrnet_speech", "grounding_prior"}
+    row = json.loads((project / "data" / "predictions" / "grounding" / "mrnet.jsonl").read_text().splitlines()[0])
+    assert set(row) == {"vid", "query_idx", "query", "pred_relevant_windows"}
     recap = json.loads((project / "metrics" / "recap.json").read_text())
     recap.pop("toolchain")
     assert set(recap) == {"recap_clip", "recap_segment", "recap_video", "recap_flat", "recapu", "recap_trivial"}

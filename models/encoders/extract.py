@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.encoders.audio import AudioConfig, AudioError, AudioExtractor
 from models.encoders.clip import ClipConfig, build_clip, checkpoint_hash
 from models.encoders.timesformer import VideoEncoder
 from vidmem.common import UserError, file_hash, inputs_key, write_json, write_jsonl
@@ -32,7 +33,7 @@ from vidmem.video import CompressConfig
 
 log = logging.getLogger(__name__)
 
-KINDS = ("clip", "lavila", "text")
+KINDS = ("clip", "lavila", "text", "audio")
 # The code a store's values come from (dvc.yaml's extract deps cover it: tests/test_recipe.py checks). Its hash
 # is in the store's attrs and so in its plan: changed extraction code recomputes the store instead of resuming
 # an old one as up to date.
@@ -63,6 +64,7 @@ class ExtractConfig:
     threads: int = bounded(0, lo=0)
     lavila: LavilaConfig = field(default_factory=LavilaConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
 
 
 @dataclass
@@ -257,10 +259,38 @@ def manifest_texts(manifest: Manifest) -> list[str]:
     return list(seen)
 
 
+def plan_audio(manifest: Manifest, root: Path, extractor: AudioExtractor) -> Plan:
+    """Every query WAV once (keyed by query id); a missing or broken WAV goes to `failed` with its reason."""
+    ids, lengths, paths, failed = [], [], [], {}
+    seen: set[str] = set()
+    for q in manifest.queries:
+        if not q.audio or q.query_id in seen:
+            continue
+        seen.add(q.query_id)
+        path = Path(q.audio) if Path(q.audio).is_absolute() else root / q.audio
+        if not path.is_file():
+            failed[q.query_id] = f"{q.audio}: no such file"
+            continue
+        try:
+            n = extractor.rows_of(path)
+        except AudioError as e:
+            failed[q.query_id] = f"{q.audio}: {e.reason}"
+            continue
+        ids.append(q.query_id)
+        lengths.append(n)
+        paths.append(path)
+    return Plan(ids, lengths, paths, failed)
+
+
 # ---------------------------------------------------------------------------------------------------- stage
 def build_extractor(kind: str, params: dict[str, Any], root: Path = Path(".")) -> tuple[Any, dict[str, Any]]:
     p = read(ExtractConfig, params.get("extract"), "extract")
     paths = Paths(Path(root))
+    if kind == "audio":  # log-mel frames: no encoder, no checkpoint
+        a = p.audio
+        return AudioExtractor(a), {"kind": kind, "encoder": "log-mel", "sample_rate": a.sample_rate,
+                                   "n_fft": a.n_fft, "hop": a.hop, "n_mels": a.n_mels, "fmin": a.fmin,
+                                   "fmax": a.fmax, "code_sha256": inputs_key(CODE, root=PROJECT)}
     ckpt_path = paths.clip_checkpoint
     if not ckpt_path.is_file():
         raise UserError(f"{ckpt_path}: not found; run `dvc repro finetune_clip` first")
@@ -326,6 +356,18 @@ def _extract_once(kind: str, params: dict[str, Any], root: Path, d) -> dict[str,
 
         def compute_rows(requests: list[tuple[int, int, int]]) -> list[dict]:
             return extractor.compute_many([texts[i] for i, _, _ in requests])  # one row per sentence
+    elif kind == "audio":
+        plan = plan_audio(manifest, Path(root), extractor)
+        ids, lengths, failed = plan.ids, plan.lengths, plan.failed
+
+        def compute_rows(requests: list[tuple[int, int, int]]) -> list[dict]:
+            outs = []
+            for i, lo, hi in requests:
+                try:
+                    outs.append(extractor.compute(plan.paths[i], lo, hi))
+                except AudioError as e:  # it read at planning time: changed under us
+                    raise UserError(f"{plan.paths[i]}: {e.reason} (changed since planning; rerun)") from None
+            return outs
     else:
         ledger_path = paths.compress_ledger
         compress_ledger = Ledger(ledger_path).rows() if ledger_path.exists() else {}
@@ -356,7 +398,7 @@ def _extract_once(kind: str, params: dict[str, Any], root: Path, d) -> dict[str,
     d.barrier()
     if d.main:
         writer.finish()
-        if kind != "text":
+        if kind != "text":  # every video / query WAV: done or failed with its reason
             rows = [{"key": vid, "status": "done", "rows": n} for vid, n in zip(ids, lengths)]
             rows += [{"key": vid, "status": "failed", "reason": why} for vid, why in failed.items()]
             write_jsonl(out / "ledger.jsonl", rows)
