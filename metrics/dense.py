@@ -5,7 +5,10 @@ Matches the evaluators behind published ActivityNet Captions / YouCook2 numbers 
 - tIoU is intersection / min(hull, len_a + len_b) with 1e-8 added to the denominator, so an overlap of
   exactly 0.5 scores 0.49999… and does not pass a 0.5 threshold.
 - Captions at each tIoU t: every prediction is paired with every ground-truth event of every reference
-  file with tIoU >= t; a prediction matching none is paired with the junk reference `abc123!@#`. Each video
+  file with tIoU >= t; a prediction matching none is paired with the junk reference `abc123!@#`
+  (`evaluate2018`). `METEOR_2021` is the same METEOR with `evaluate2021`'s junk instead: a random string of
+  10–20 lowercase letters per unmatched prediction (drawn here from a seeded generator, `junk_seed`, so it is
+  reproducible; the official script leaves it unseeded, and papers quote either value). Each video
   is scored on its own pairs (so CIDEr-D's IDF is per video), a ground-truth video without predictions
   scores 0, scores are averaged over ground-truth videos, then over thresholds.
 - Precision / recall at t use tIoU > t: per video and reference file, recall = ground-truth events hit /
@@ -34,6 +37,8 @@ import json
 import logging
 import math
 import os
+import random
+import string
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -230,13 +235,14 @@ def _f1(p: float, r: float) -> float:
 
 def evaluate_dense(predictions: Any, references: Sequence[Any], tious: Sequence[float] = DEFAULT_TIOUS,
                    max_proposals: int = 1000, *, captions: bool = True, soda: bool = True,
-                   meteor: Meteor | None = None) -> dict[str, Any]:
+                   meteor: Meteor | None = None, junk_seed: int = 0) -> dict[str, Any]:
     """Evaluate dense-captioning predictions against one or more reference files.
 
     `predictions`: the result document, its `results` dict, or a path to the JSON file. `references`: one
     entry per reference file (ActivityNet Captions dict or path), e.g. val_1 and val_2. Returns fractions
     (not percentages): threshold-averaged BLEU-1..4 / METEOR / ROUGE_L / CIDEr (CIDEr-D), Precision,
-    Recall, F1, SODA_c and SODA_c_best_ref, plus `per_tiou` and `soda` details and counts.
+    Recall, F1, SODA_c and SODA_c_best_ref, METEOR_2021 (with `evaluate2021`'s random junk references,
+    drawn from `random.Random(junk_seed)`), plus `per_tiou` and `soda` details and counts.
     """
     if not tious:
         raise UserError("dense evaluation: give at least one tIoU threshold")
@@ -283,6 +289,13 @@ def evaluate_dense(predictions: Any, references: Sequence[Any], tious: Sequence[
         return tokens[remove_nonascii(text)]
 
     meteor_groups: list[list[tuple[str, list[str]]]] = []
+    # evaluate2021: the groups that hold a junk pair, again with a random lowercase junk string per pair
+    # (the PTB tokenizer leaves such a string unchanged); groups without junk score as in 2018
+    junk_rng = random.Random(junk_seed)
+    groups_2021: list[tuple[int, list[tuple[str, list[str]]]]] = []
+
+    def junk_2021() -> str:
+        return "".join(junk_rng.choice(string.ascii_lowercase) for _ in range(junk_rng.randint(10, 20)))
 
     # captions: the pairs of every (threshold, video)
     corpora: list[tuple[float, str, dict[int, list[str]], dict[int, str]]] = []
@@ -291,6 +304,7 @@ def evaluate_dense(predictions: Any, references: Sequence[Any], tious: Sequence[
             for vid in tqdm(gt_vids, desc=f"caption pairs @{t:g}", disable=None, leave=False):
                 gts: dict[int, list[str]] = {}
                 res: dict[int, str] = {}
+                junk: set[int] = set()
                 for p_idx, p in enumerate(preds.get(vid, no_pred)):
                     matched = False
                     for ref, iou in zip(refs, ious[vid]):
@@ -301,11 +315,15 @@ def evaluate_dense(predictions: Any, references: Sequence[Any], tious: Sequence[
                             res[len(res)] = tok(p.sentence)
                             matched = True
                     if not matched:
+                        junk.add(len(gts))
                         gts[len(gts)] = [tokens[JUNK_REFERENCE]]
                         res[len(res)] = tok(p.sentence)
                 if res:
                     corpora.append((t, vid, gts, res))
                     meteor_groups.append([(res[k], gts[k]) for k in res])
+                    if junk:
+                        groups_2021.append((len(corpora) - 1,
+                                            [(res[k], [junk_2021()] if k in junk else gts[k]) for k in res]))
 
     # SODA: (gt, pred) pairs with positive tIoU need a METEOR score (gt as hypothesis, as SODA computes it)
     soda_cases: list[tuple[int, str, np.ndarray, list[tuple[int, int]], int]] = []
@@ -325,6 +343,8 @@ def evaluate_dense(predictions: Any, references: Sequence[Any], tious: Sequence[
     if soda_items:
         step = 500
         meteor_groups.extend(soda_items[i:i + step] for i in range(0, len(soda_items), step))
+    n_before_2021 = len(meteor_groups)
+    meteor_groups.extend(g for _, g in groups_2021)
     meteor_out: list[tuple[float, list[float]]] = []
     if meteor_groups:
         n_pairs = sum(len(g) for g in meteor_groups)
@@ -335,14 +355,18 @@ def evaluate_dense(predictions: Any, references: Sequence[Any], tious: Sequence[
     if captions:
         scored = score_corpora([(g, r) for _, _, g, r in corpora], ("Bleu", "ROUGE_L", "CIDEr"),
                                source="dense captions")
+        meteor_2021 = [agg for agg, _ in meteor_out[:n_caption_groups]]
+        for (c, _), (agg, _) in zip(groups_2021, meteor_out[n_before_2021:]):
+            meteor_2021[c] = agg
         by_case = {}
-        for (t, vid, _, _), sc, (agg, _) in zip(corpora, scored, meteor_out[:n_caption_groups]):
-            by_case[(t, vid)] = {**sc.corpus, "METEOR": agg}
+        for (t, vid, _, _), sc, (agg, _), m21 in zip(corpora, scored, meteor_out[:n_caption_groups],
+                                                     meteor_2021):
+            by_case[(t, vid)] = {**sc.corpus, "METEOR": agg, "METEOR_2021": m21}
         for t in tious:
-            for name in CAPTION_METRICS:
+            for name in (*CAPTION_METRICS, "METEOR_2021"):
                 per_tiou[f"{t:g}"][name] = float(np.mean(
                     [by_case[(t, vid)][name] if (t, vid) in by_case else 0.0 for vid in gt_vids]))
-        for name in CAPTION_METRICS:
+        for name in (*CAPTION_METRICS, "METEOR_2021"):
             result[name] = float(np.mean([per_tiou[f"{t:g}"][name] for t in tious]))
 
     # localisation
@@ -356,7 +380,7 @@ def evaluate_dense(predictions: Any, references: Sequence[Any], tious: Sequence[
     result["F1"] = _f1(result["Precision"], result["Recall"])
 
     if soda:
-        seg = [s for _, scores in meteor_out[n_caption_groups:] for s in scores]
+        seg = [s for _, scores in meteor_out[n_caption_groups:n_before_2021] for s in scores]
         per_ref: list[dict[str, list[float]]] = [{"p": [], "r": [], "f": []} for _ in refs]
         per_video: dict[str, list[tuple[float, float, float]]] = {}
         for f, vid, iou, cells, offset in soda_cases:

@@ -121,6 +121,34 @@ def test_junk_reference_for_unmatched_predictions(meteor):
     assert JUNK_REFERENCE == "abc123!@#"
 
 
+def test_meteor_2021_uses_a_seeded_random_junk_string_per_unmatched_prediction(meteor):
+    """evaluate2021 differs from evaluate2018 only in the junk reference: a random string of 10-20 lowercase
+    letters per unmatched prediction. Groups without junk pairs score the same in both."""
+    refs = [{"v": ref((0, 10, GUITAR), (10, 20, SONG))}]
+    exact = pred((0, 10, GUITAR), (10, 20, SONG))
+    clean = evaluate_dense({"v": exact}, refs, meteor=meteor, tious=[0.5])
+    assert clean["METEOR_2021"] == clean["METEOR"] == pytest.approx(1.0)
+    odd = pred((50, 60, "a dog runs quickly"))
+    got = evaluate_dense({"v": exact + odd}, refs, meteor=meteor, tious=[0.5], junk_seed=7)
+    # by hand: the one junk pair of the only (threshold, video) group gets the first draw of Random(7)
+    rng = random.Random(7)
+    junk = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(10, 20)))
+    assert 10 <= len(junk) <= 20 and junk.isalpha() and junk.islower()
+    pairs = [(GUITAR, [GUITAR]), (SONG, [SONG]), ("a dog runs quickly", [junk])]
+    want_2021 = meteor.score_groups([pairs])[0][0]
+    pairs_2018 = [(GUITAR, [GUITAR]), (SONG, [SONG]), ("a dog runs quickly", [JUNK_REFERENCE])]
+    want_2018 = meteor.score_groups([pairs_2018])[0][0]
+    assert got["METEOR_2021"] == pytest.approx(want_2021)
+    assert got["METEOR"] == pytest.approx(want_2018)
+    assert got["METEOR_2021"] < clean["METEOR_2021"]
+    # METEOR's own normalisation splits "abc123!@#" into several tokens (a longer reference, lower recall), the
+    # random string stays one token: 2021 scores higher here, as the published 2018/2021 pairs do
+    assert got["METEOR_2021"] > got["METEOR"]
+    # reproducible for a seed
+    again = evaluate_dense({"v": exact + odd}, refs, meteor=meteor, tious=[0.5], junk_seed=7)
+    assert again["METEOR_2021"] == got["METEOR_2021"]
+
+
 def test_videos_without_predictions_score_zero_and_cider_idf_is_per_video(meteor):
     refs = [{"v1": ref((0, 10, GUITAR), (10, 20, SONG)), "v2": ref((0, 10, "a dog runs")),
              "v3": ref((5, 9, "a cat sleeps on a sofa"))}]
