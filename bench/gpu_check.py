@@ -7,16 +7,17 @@
 
 Measured steps (each a separate process, so the shell's ``timeout`` bounds it):
 
-* ``msda_cpu`` / ``msda_gpu`` — bench.kernels' rows at PDVC's and Deformable DETR's shapes: the ``grid_sample``
-  reference on the CPU; on the GPU the CuPy kernel against the same reference, forward and forward+backward
+* ``msda_cpu`` / ``msda_gpu`` — bench.kernels' rows at PDVC's and Deformable DETR's shapes: the
+  ``grid_sample`` reference on the CPU; on the GPU the CuPy kernel against the same reference, forward and
+  forward+backward
   (goal: forward+backward >= 3x at every shape).
 * ``topk_cpu`` / ``topk_gpu`` — cosine top-k (k=100): our tiled reference vs faiss-cpu on the CPU; the fused
   kernel vs normalise + matmul + ``torch.topk`` on the GPU (goal >= 1x).
 * ``faiss_gpu`` — the fused kernel vs faiss-gpu's exact ``GpuIndexFlatIP``, only where a wheel installed.
-* ``cm2_train_cpu`` / ``cm2_train_gpu`` — one epoch of CM2 training steps at the default config of params.yaml
-  (``families.dense`` + ``train.cm2``) on synthetic features and a synthetic memory bank, so no pipeline output
-  is needed: a warm-up step, then every step of the epoch timed (collate, forward, loss, backward, clipping,
-  optimiser; bench.train's step).
+* ``cm2_train_cpu`` / ``cm2_train_gpu`` — one epoch of CM2 training steps at the default config of
+  params.yaml (``families.dense`` + ``train.cm2``) on synthetic features and a synthetic memory bank, so no
+  pipeline output is needed: a warm-up step, then every step of the epoch timed (collate, forward, loss,
+  backward, clipping, optimiser; bench.train's step).
 
 ``--fast`` (the CPU test) keeps every shape tiny; a fast run's numbers are a smoke test, not measurements.
 """
@@ -149,7 +150,8 @@ def synthetic_cm2_task(fast: bool, device):
     params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
     template = task_for("cm2", params)
     cfg, recipe = template.config, template.recipe
-    n_videos, frames, bank_size = (3 * recipe.batch_size, 20, 200) if fast else (16 * recipe.batch_size, 100, 5000)
+    n_videos, frames, bank_size = (3 * recipe.batch_size, 20, 200) if fast else \
+        (16 * recipe.batch_size, 100, 5000)
     fps = 2.0
     rng = np.random.default_rng(0)
     words = ["<unk>"] + [f"w{i}" for i in range(300)]
@@ -169,11 +171,12 @@ def synthetic_cm2_task(fast: bool, device):
         videos.append(VideoAnnotation(vid, duration, events, sentences))
     ds = DenseCaptionDataset(videos, InMemoryFeatures(feats, times), vocab, max_words=cfg.max_words)
     bank_ids = [f"v{int(i):04d}" for i in rng.integers(0, n_videos, bank_size)]
-    bank = TextBank(torch.from_numpy(rng.standard_normal((bank_size, cfg.bank_dim)).astype(np.float32)), bank_ids)
+    vectors = rng.standard_normal((bank_size, cfg.bank_dim)).astype(np.float32)
+    bank = TextBank(torch.from_numpy(vectors), bank_ids)
     task = DenseTask("cm2", recipe, cfg, Paths(), datasets={"train": ds}, bank=bank.to(device))
     task.device = device
-    return task, {"videos": n_videos, "frames": frames, "feature_dim": cfg.feature_dim, "bank_size": bank_size,
-                  "batch_size": recipe.batch_size}
+    return task, {"videos": n_videos, "frames": frames, "feature_dim": cfg.feature_dim,
+                  "bank_size": bank_size, "batch_size": recipe.batch_size}
 
 
 def cm2_epoch(on_gpu: bool, fast: bool) -> dict:
@@ -231,8 +234,8 @@ def run_step(name: str, part: Path, fast: bool) -> None:
 # ---------------------------------------------------------------------------------------------- recording
 def error_line(log: Path) -> str:
     """The last informative line of a step's log (a traceback's exception line, pytest's summary)."""
-    lines = [ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()] if log.exists() \
-        else []
+    text = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+    lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln and not set(ln) <= set("=-_ ")]
     return lines[-1][:500] if lines else "no output"
 
@@ -245,9 +248,10 @@ def junit_counts(path: Path) -> dict[str, int]:
             "failed": tot["failures"] + tot["errors"], "skipped": tot["skipped"]}
 
 
-def record(name: str, part: Path, rc: int, log: Path, seconds: float, junit: Path | None, limit: float) -> None:
-    """Finalise a step's part from its exit status: a step that exited 0 without a part (install, pytest) is ok;
-    124/137 is a timeout; any other failure keeps the log's last line."""
+def record(name: str, part: Path, rc: int, log: Path, seconds: float, junit: Path | None,
+           limit: float) -> None:
+    """Finalise a step's part from its exit status: a step that exited 0 without a part (install, pytest) is
+    ok; 124/137 is a timeout; any other failure keeps the log's last line."""
     out = json.loads(part.read_text(encoding="utf-8")) if part.exists() and rc == 0 else {}
     if rc == 0:
         out.setdefault("status", "ok")

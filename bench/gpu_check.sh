@@ -51,7 +51,7 @@ measure() { run_step "$1" "$PY" -m bench.gpu_check step "$1" --part "$WORK/$1.js
 
 # 1. install
 if [ "$FAST" = 1 ]; then
-  [ -x "$PY" ] || { echo "gpu-check: GPU_CHECK_FAST=1 needs an installed $PY (run make install)" >&2; exit 1; }
+  [ -x "$PY" ] || { echo "gpu-check: GPU_CHECK_FAST=1 needs an installed $PY (make install)" >&2; exit 1; }
   skip install "fast mode (GPU_CHECK_FAST=1)"
 else
   # The recorder needs a Python; before the venv exists, record install's result once it does.
@@ -96,9 +96,10 @@ elif [ "$FAST" = 1 ]; then
   skip faiss_gpu "fast mode (GPU_CHECK_FAST=1)"
 elif [ "${GPU_CHECK_FAISS:-1}" = 0 ]; then
   skip faiss_gpu "not tried (GPU_CHECK_FAISS=0)"
-elif ! timeout "$FAISS_INSTALL_LIMIT" "$PY" -m pip install -q --no-deps --target "$WORK/faiss" faiss-gpu-cu12 \
-       >"$WORK/faiss_install.log" 2>&1; then
-  skip faiss_gpu "no faiss-gpu wheel installed: $(grep -v '^\s*$' "$WORK/faiss_install.log" | tail -n 1 | cut -c1-300)"
+elif ! timeout "$FAISS_INSTALL_LIMIT" "$PY" -m pip install -q --no-deps --target "$WORK/faiss" \
+       faiss-gpu-cu12 >"$WORK/faiss_install.log" 2>&1; then
+  why=$(grep -v '^\s*$' "$WORK/faiss_install.log" | tail -n 1 | cut -c1-300)
+  skip faiss_gpu "no faiss-gpu wheel installed: ${why:-pip failed or timed out}"
 elif ! PYTHONPATH="$WORK/faiss:$PYTHONPATH" "$PY" -c 'import faiss; faiss.StandardGpuResources()' \
        >"$WORK/faiss_import.log" 2>&1; then
   skip faiss_gpu "faiss-gpu installed but does not load: $(tail -n 1 "$WORK/faiss_import.log" | cut -c1-300)"

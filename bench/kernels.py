@@ -144,7 +144,8 @@ def bench_msda(repeat: int, quick: bool) -> None:
             print(f"{label:34} {'cuda':5} skipped: no CUDA")
             continue
         g = msda_gpu_row(N, Lq, levels, D, repeat)
-        print(f"{label:34} {'cuda':5} {g['ref_fwd_ms']:9.3f} {g['kernel_fwd_ms']:9.3f} {g['speedup_fwd']:6.2f} "
+        print(f"{label:34} {'cuda':5} {g['ref_fwd_ms']:9.3f} {g['kernel_fwd_ms']:9.3f} "
+              f"{g['speedup_fwd']:6.2f} "
               f"{g['ref_fwd_bwd_ms']:9.3f} {g['kernel_fwd_bwd_ms']:9.3f} {g['speedup_fwd_bwd']:6.2f}")
 
 
@@ -191,7 +192,8 @@ def topk_cpu_row(Q: int, N: int, D: int, k: int, repeat: int) -> dict[str, float
 
     t = timed({"ours": ours, "faiss": base}, repeat, torch.device("cpu"))
     ov = overlap(result["ours"][1], torch.from_numpy(result["faiss"][1]))
-    return {"ours_ms": t["ours"], "faiss_cpu_ms": t["faiss"], "speedup": t["faiss"] / t["ours"], "overlap": ov}
+    return {"ours_ms": t["ours"], "faiss_cpu_ms": t["faiss"], "speedup": t["faiss"] / t["ours"],
+            "overlap": ov}
 
 
 def topk_gpu_row(Q: int, N: int, D: int, k: int, repeat: int) -> dict[str, float]:

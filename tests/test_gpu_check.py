@@ -54,7 +54,8 @@ def test_fast_run_writes_every_step(tmp_path):
 
 
 @pytest.mark.parametrize("rc, log, want", [
-    (1, "Traceback (most recent call last):\n  File x\nValueError: bad shape\n\n", "exit 1: ValueError: bad shape"),
+    (1, "Traceback (most recent call last):\n  File x\nValueError: bad shape\n\n",
+     "exit 1: ValueError: bad shape"),
     (124, "still going\n", "timed out after 30 s"),
     (2, "", "exit 2: no output"),
 ])
