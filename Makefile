@@ -18,7 +18,7 @@ SHELL := /bin/bash
 # This machine's pip config names local index folders that may be absent; drop pip's warnings about them.
 QUIET := sed -u '/is ignored: it is neither/d'
 
-.PHONY: all install system venv dvc-init repro test test-all bench lock clean-venv
+.PHONY: all install system venv dvc-init repro test test-all bench gpu-check lock clean-venv
 
 all: test
 
@@ -67,6 +67,12 @@ bench: install
 	$(BIN)/python -m bench.extract
 	$(BIN)/python -m bench.kernels --threads 1
 	$(BIN)/python -m bench.train
+
+## GPU check (< 8 min): install, pytest -m gpu, kernel benchmarks, CM2 step GPU vs CPU; one JSON of results
+## (README, Performance: GPU check). Without a GPU it skips the GPU steps and still writes the JSON.
+GPU_CHECK_OUT ?= bench/gpu_check.json
+gpu-check:
+	bench/gpu_check.sh $(GPU_CHECK_OUT)
 
 ## Regenerate constraints.txt from the current environment after changing requirements.txt.
 lock: venv

@@ -104,32 +104,49 @@ def msda_calls(backend: str, inputs) -> tuple[Callable[[], None], Callable[[], N
     return forward, forward_backward
 
 
-def bench_msda(repeat: int, quick: bool) -> None:
+def msda_configs(quick: bool) -> list[tuple[str, int, int, list, int]]:
+    """(name, N, Lq, levels, D) of each row: PDVC's 1-D shapes, then Deformable DETR's 2-D ones."""
     configs = [("1-D PDVC", N, Lq, PDVC_LEVELS, 64) for N in (1, 8) for Lq in (10, 100)]
     detr = [(1, 300), (1, 1000)] + ([] if quick else [(2, 10_000)])
-    configs += [("2-D DETR", N, Lq, DETR_LEVELS, 32) for N, Lq in detr]
+    return configs + [("2-D DETR", N, Lq, DETR_LEVELS, 32) for N, Lq in detr]
+
+
+def msda_cpu_row(N: int, Lq: int, levels, D: int, repeat: int) -> dict[str, float]:
+    """The reference on the CPU: forward and forward+backward ms (M=8, P=4, float32)."""
+    cpu = torch.device("cpu")
+    f, fb = msda_calls("torch", msda_inputs(N, Lq, levels, 8, D, 4, cpu))
+    t = timed({"f": f, "fb": fb}, repeat, cpu)
+    return {"ref_fwd_ms": t["f"], "ref_fwd_bwd_ms": t["fb"]}
+
+
+def msda_gpu_row(N: int, Lq: int, levels, D: int, repeat: int) -> dict[str, float]:
+    """The CuPy kernel against the reference on the GPU; speedups are reference time / kernel time."""
+    dev = torch.device("cuda")
+    inputs = msda_inputs(N, Lq, levels, 8, D, 4, dev)
+    ref_f, ref_fb = msda_calls("torch", inputs)
+    ker_f, ker_fb = msda_calls("cupy", inputs)
+    t = timed({"rf": ref_f, "kf": ker_f, "rfb": ref_fb, "kfb": ker_fb}, repeat, dev)
+    return {"ref_fwd_ms": t["rf"], "kernel_fwd_ms": t["kf"], "speedup_fwd": t["rf"] / t["kf"],
+            "ref_fwd_bwd_ms": t["rfb"], "kernel_fwd_bwd_ms": t["kfb"], "speedup_fwd_bwd": t["rfb"] / t["kfb"]}
+
+
+def bench_msda(repeat: int, quick: bool) -> None:
     print("\nmsda, float32, M=8 P=4                         forward ms            fwd+bwd ms")
     cols = f"{'ref':>9} {'kernel':>9} {'ratio':>6}"
     print(f"{'shape':34} {'path':5} {cols} {cols}")
     gpu = cupy_usable() and torch.cuda.is_available()
-    for name, N, Lq, levels, D in configs:
+    for name, N, Lq, levels, D in msda_configs(quick):
         label = f"{name} N={N} Lq={Lq} D={D}"
-        cpu = torch.device("cpu")
-        f, fb = msda_calls("torch", msda_inputs(N, Lq, levels, 8, D, 4, cpu))
-        t = timed({"f": f, "fb": fb}, repeat, cpu)
-        f, fb = t["f"], t["fb"]
+        c = msda_cpu_row(N, Lq, levels, D, repeat)
+        f, fb = c["ref_fwd_ms"], c["ref_fwd_bwd_ms"]
         print(f"{label:34} {'cpu':5} {f:9.2f} {'-':>9} {'-':>6} {fb:9.2f} {'-':>9} {'-':>6}")
         if not gpu:
             print(f"{label:34} {'cuda':5} skipped: no CUDA")
             continue
-        dev = torch.device("cuda")
-        inputs = msda_inputs(N, Lq, levels, 8, D, 4, dev)
-        ref_f, ref_fb = msda_calls("torch", inputs)
-        ker_f, ker_fb = msda_calls("cupy", inputs)
-        t = timed({"rf": ref_f, "kf": ker_f, "rfb": ref_fb, "kfb": ker_fb}, repeat, dev)
-        rf, kf, rfb, kfb = t["rf"], t["kf"], t["rfb"], t["kfb"]
-        print(f"{label:34} {'cuda':5} {rf:9.3f} {kf:9.3f} {rf / kf:6.2f} "
-              f"{rfb:9.3f} {kfb:9.3f} {rfb / kfb:6.2f}")
+        g = msda_gpu_row(N, Lq, levels, D, repeat)
+        print(f"{label:34} {'cuda':5} {g['ref_fwd_ms']:9.3f} {g['kernel_fwd_ms']:9.3f} "
+              f"{g['speedup_fwd']:6.2f} "
+              f"{g['ref_fwd_bwd_ms']:9.3f} {g['kernel_fwd_bwd_ms']:9.3f} {g['speedup_fwd_bwd']:6.2f}")
 
 
 # -------------------------------------------------------------------------------------------------- topk
@@ -155,51 +172,66 @@ def overlap(a: torch.Tensor, b: torch.Tensor) -> float:
     return sum(shared) / len(shared)
 
 
+def topk_configs(quick: bool, large: bool) -> list[tuple[int, int, int]]:
+    """(Q, N, D) of each row; k = 100."""
+    if quick:
+        return [(1000, 20_000, 512)]
+    return [(1000, 100_000, 512), (1000, 100_000, 768)] + ([(1000, 1_000_000, 768)] if large else [])
+
+
+def topk_cpu_row(Q: int, N: int, D: int, k: int, repeat: int) -> dict[str, float]:
+    """Our tiled reference against faiss-cpu's exact IndexFlatIP; speedup = faiss time / ours."""
+    queries, bank = topk_inputs(Q, N, D)
+    result = {}
+
+    def ours():
+        result["ours"] = topk.cosine_topk(queries, bank, k)
+
+    def base():
+        result["faiss"] = faiss_topk(queries, bank, k)
+
+    t = timed({"ours": ours, "faiss": base}, repeat, torch.device("cpu"))
+    ov = overlap(result["ours"][1], torch.from_numpy(result["faiss"][1]))
+    return {"ours_ms": t["ours"], "faiss_cpu_ms": t["faiss"], "speedup": t["faiss"] / t["ours"],
+            "overlap": ov}
+
+
+def topk_gpu_row(Q: int, N: int, D: int, k: int, repeat: int) -> dict[str, float]:
+    """The fused kernel against normalise + matmul + torch.topk on the GPU; speedup = plain time / kernel."""
+    queries, bank = topk_inputs(Q, N, D)
+    dev = torch.device("cuda")
+    gq, gb = queries.to(dev), bank.to(dev)
+    result = {}
+
+    def kernel():
+        result["kernel"] = topk.cosine_topk(gq, gb, k, backend="cupy")
+
+    def matmul_topk():
+        sim = torch.nn.functional.normalize(gq, dim=1) @ torch.nn.functional.normalize(gb, dim=1).T
+        result["plain"] = sim.topk(k, dim=1)
+
+    t = timed({"kernel": kernel, "plain": matmul_topk}, repeat, dev)
+    ov = overlap(result["kernel"][1].cpu(), result["plain"][1].cpu())
+    return {"kernel_ms": t["kernel"], "matmul_topk_ms": t["plain"], "speedup": t["plain"] / t["kernel"],
+            "overlap": ov}
+
+
 def bench_topk(repeat: int, quick: bool, large: bool) -> None:
     k = 100
-    configs = [(1000, 100_000, 512), (1000, 100_000, 768)]
-    if quick:
-        configs = [(1000, 20_000, 512)]
-    if large:
-        configs.append((1000, 1_000_000, 768))
     print(f"\ncosine top-k, float32, k={k}")
     print(f"{'shape':28} {'path':5} {'ours ms':>9} {'base ms':>9} {'ratio':>6} {'overlap':>8}  baseline")
     gpu = cupy_usable() and torch.cuda.is_available()
-    cpu = torch.device("cpu")
-    for Q, N, D in configs:
+    for Q, N, D in topk_configs(quick, large):
         label = f"Q={Q} N={N} D={D}"
-        queries, bank = topk_inputs(Q, N, D)
-        result = {}
-
-        def ours():
-            result["ours"] = topk.cosine_topk(queries, bank, k)
-
-        def base():
-            result["faiss"] = faiss_topk(queries, bank, k)
-
-        t = timed({"ours": ours, "faiss": base}, repeat, cpu)
-        t_ours, t_faiss = t["ours"], t["faiss"]
-        ov = overlap(result["ours"][1], torch.from_numpy(result["faiss"][1]))
-        print(f"{label:28} {'cpu':5} {t_ours:9.1f} {t_faiss:9.1f} {t_faiss / t_ours:6.2f} {ov:8.4f}  "
-              f"faiss IndexFlatIP")
+        c = topk_cpu_row(Q, N, D, k, repeat)
+        print(f"{label:28} {'cpu':5} {c['ours_ms']:9.1f} {c['faiss_cpu_ms']:9.1f} {c['speedup']:6.2f} "
+              f"{c['overlap']:8.4f}  faiss IndexFlatIP")
         if not gpu:
             print(f"{label:28} {'cuda':5} skipped: no CUDA")
             continue
-        dev = torch.device("cuda")
-        gq, gb = queries.to(dev), bank.to(dev)
-
-        def kernel():
-            result["kernel"] = topk.cosine_topk(gq, gb, k, backend="cupy")
-
-        def matmul_topk():
-            sim = torch.nn.functional.normalize(gq, dim=1) @ torch.nn.functional.normalize(gb, dim=1).T
-            result["plain"] = sim.topk(k, dim=1)
-
-        t = timed({"kernel": kernel, "plain": matmul_topk}, repeat, dev)
-        t_kernel, t_plain = t["kernel"], t["plain"]
-        ov = overlap(result["kernel"][1].cpu(), result["plain"][1].cpu())
-        print(f"{label:28} {'cuda':5} {t_kernel:9.2f} {t_plain:9.2f} {t_plain / t_kernel:6.2f} {ov:8.4f}  "
-              f"normalise + matmul + torch.topk")
+        g = topk_gpu_row(Q, N, D, k, repeat)
+        print(f"{label:28} {'cuda':5} {g['kernel_ms']:9.2f} {g['matmul_topk_ms']:9.2f} {g['speedup']:6.2f} "
+              f"{g['overlap']:8.4f}  normalise + matmul + torch.topk")
 
 
 def main() -> None:

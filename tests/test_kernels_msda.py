@@ -308,8 +308,11 @@ def test_gpu_kernel_half_precision(dtype):
     value, shapes, starts, loc, attn = make_case(2, 8, 64, 30, 4, [(1, 100), (1, 50), (1, 25), (1, 13)],
                                                  dtype=torch.float32, seed=12, device="cuda")
     (ko, kv, kl, ka), (ro, rv, rl, ra) = run_both((value.to(dtype), shapes, starts, loc, attn), cupy_runner())
+    assert ko.dtype == kv.dtype == dtype and kl.dtype == ka.dtype == torch.float32
     torch.testing.assert_close(ko.float(), ro.float(), rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(kl, rl, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(ka, ra, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(kv.float(), rv.float(), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.gpu

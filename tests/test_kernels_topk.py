@@ -242,6 +242,22 @@ def test_gpu_kernel_matches_reference(Q, N, D, k, tile):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_kernel_half_inputs_match_reference(dtype):
+    """Half-precision queries and bank are widened to float32 on both paths: the same scores and indices."""
+    queries, bank = data(50, 20_000, 256, seed=31, dtype=torch.float32)
+    queries, bank = queries.to("cuda", dtype), bank.to("cuda", dtype)
+    got_s, got_i = cosine_topk(queries, bank, 100)
+    want_s, want_i = cosine_topk(queries, bank, 100, backend="torch")
+    assert got_s.dtype == want_s.dtype == torch.float32
+    torch.testing.assert_close(got_s, want_s, rtol=1e-5, atol=1e-5)
+    differ = got_i != want_i
+    assert differ.float().mean() < 1e-3
+    if differ.any():
+        assert (got_s[differ] - want_s[differ]).abs().max() < 1e-5
+
+
+@pytest.mark.gpu
 def test_gpu_kernel_exact_ties_and_large_k_fallback():
     bank = torch.randn(4000, 16, device="cuda")
     bank[100:300] = bank[50]
