@@ -33,8 +33,8 @@ from vidmem.training import EpochContext, Task, read_task_params
 
 log = logging.getLogger(__name__)
 
-SUMMARY_KEYS = ("METEOR", "CIDEr", "Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "SODA_c", "Precision",
-                "Recall", "F1")
+SUMMARY_KEYS = ("METEOR", "METEOR_2021", "CIDEr", "Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "SODA_c",
+                "Precision", "Recall", "F1")
 
 
 def load_features(paths: Paths, manifest: Manifest, splits: tuple[str, ...]) -> InMemoryFeatures:
