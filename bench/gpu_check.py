@@ -182,30 +182,16 @@ def synthetic_cm2_task(fast: bool, device):
 def cm2_epoch(on_gpu: bool, fast: bool) -> dict:
     import torch
 
-    from bench.train import step_once
-    from vidmem.common import seed_everything
-    from vidmem.training import EpochContext, make_optimizer
+    from bench.train import time_steps
+    from vidmem.training import EpochContext
 
     device = torch.device("cuda" if on_gpu else "cpu")
     task, shape = synthetic_cm2_task(fast, device)
-    seed_everything(task.recipe.seed)
-    model = task.build().to(device)
-    model.train()
-    opt = make_optimizer(task.param_groups(model), task.recipe)
     batches = [list(b) for b in task.batches(EpochContext(0, task.recipe.seed))]
-
-    def sync():
-        if on_gpu:
-            torch.cuda.synchronize(device)
-
-    step_once(task, model, opt, batches[0], 0)  # warm-up (CuPy compiles the kernels here)
-    sync()
-    times = []
-    for i, b in enumerate(batches, 1):
-        t = time.perf_counter()
-        step_once(task, model, opt, b, i)
-        sync()
-        times.append(time.perf_counter() - t)
+    # the warm-up takes batches[0] and is not timed: the epoch is timed from its second batch, plus batch 0
+    # again so every video of the epoch is counted once
+    times, _ = time_steps(task, [batches[0], *batches], device,
+                          sync=(lambda: torch.cuda.synchronize(device)) if on_gpu else (lambda: None))
     return {**shape, "steps": len(times), "threads": torch.get_num_threads(), "epoch_s": sum(times),
             "step_s": statistics.median(times), "samples_per_s": shape["videos"] / sum(times)}
 

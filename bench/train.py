@@ -60,8 +60,10 @@ def labelled_kernels():
 
 
 def step_once(task, model, opt, batch_samples, step: int) -> None:
+    """One optimiser step as `vidmem.training.fit` takes it (per-group lr_scale, grad clip, after_step)."""
+    lr = lr_at(task.recipe, step, 0, None if task.recipe.schedule != "cosine" else 10**6)
     for g in opt.param_groups:
-        g["lr"] = lr_at(task.recipe, step, 0, None if task.recipe.schedule != "cosine" else 10**6)
+        g["lr"] = lr * g.get("lr_scale", 1.0)
     batch = task.collate(batch_samples)
     loss, _ = task.step(model, batch)
     opt.zero_grad(set_to_none=True)
@@ -72,21 +74,30 @@ def step_once(task, model, opt, batch_samples, step: int) -> None:
     task.after_step(model)
 
 
-def bench_model(name: str, params: dict, steps: int) -> dict:
-    task = task_for(name, params, Paths())
-    task.device = torch.device("cpu")
+def time_steps(task, batches: list[list], device: torch.device, sync=lambda: None) -> tuple[list[float], int]:
+    """Build the task's model on `device`, take one warm-up step on batches[0] (CuPy compiles its kernels
+    there), then time one step per remaining batch. Returns (seconds per step, samples timed)."""
     seed_everything(task.recipe.seed)
-    model = task.build()
+    model = task.build().to(device)
     model.train()
     opt = make_optimizer(task.param_groups(model), task.recipe)
-    batches = [list(b) for _, b in zip(range(steps + 1), task.batches(EpochContext(0, task.recipe.seed)))]
-    step_once(task, model, opt, batches[0], 0)  # warm-up
+    step_once(task, model, opt, batches[0], 0)
+    sync()
     times, samples = [], 0
     for i, b in enumerate(batches[1:], 1):
         t = time.perf_counter()
         step_once(task, model, opt, b, i)
+        sync()
         times.append(time.perf_counter() - t)
         samples += len(b)
+    return times, samples
+
+
+def bench_model(name: str, params: dict, steps: int) -> dict:
+    task = task_for(name, params, Paths())
+    task.device = torch.device("cpu")
+    batches = [list(b) for _, b in zip(range(steps + 1), task.batches(EpochContext(0, task.recipe.seed)))]
+    times, samples = time_steps(task, batches, task.device)
     return {"model": name, "family": task.family, "step_s": statistics.median(times),
             "samples_per_s": samples / sum(times), "batch": len(batches[1])}
 
