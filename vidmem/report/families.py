@@ -1,11 +1,12 @@
 """What the report and the end-of-repro table show per method family: the metrics file(s) its evaluate stages
-write, the rows (model, baseline, floor) and columns of its table, its headline metric, and the papers' numbers
-for scale.
+write, the rows (model, baseline, floor) and columns of its table, its headline metric, and the papers'
+numbers for scale.
 
 A new family plugs in with one `Family` entry in `FAMILIES` (and its paper rows in `PAPERS`); a family whose
 metrics files are absent is shown as "not computed". A family may leave `rows` / `columns` empty: then every
 top-level entry of its one metrics file is a row and every number in it a column.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,7 @@ NOT_COMPUTED = "not computed"
 
 @dataclass(frozen=True)
 class Column:
-    key: str            # a key of the row ("clip/CIDEr" flat, or "t2v/R1" nested: the flat key is tried first)
+    key: str  # a key of the row ("clip/CIDEr" flat, or "t2v/R1" nested: the flat key is tried first)
     label: str
     scale: float = 100.0  # display = value × scale (fractions → ×100, as the papers print them)
     digits: int = 2
@@ -29,21 +30,21 @@ class Column:
 
 @dataclass(frozen=True)
 class Row:
-    name: str           # the model / baseline name (its key in a family file, or the file's stem)
+    name: str  # the model / baseline name (its key in a family file, or the file's stem)
     label: str
-    role: str           # method | baseline | floor | variant
-    file: str           # metrics/<file>.json
+    role: str  # method | baseline | floor | variant
+    file: str  # metrics/<file>.json
     path: str | None = None  # the row inside the file ("/"-separated); None: the name, or the whole file
     #                          when the file is named after the row
-    keys: Mapping[str, str] = field(default_factory=dict)   # Column.key → the key this row reads it from
+    keys: Mapping[str, str] = field(default_factory=dict)  # Column.key → the key this row reads it from
 
 
 @dataclass(frozen=True)
 class Headline:
-    column: str         # a Column.key
-    method: str         # Row.name of the family's contribution
-    baseline: str       # Row.name of the baseline it must beat
-    label: str = ""     # the metric's name in the headline table (default: the column's label)
+    column: str  # a Column.key
+    method: str  # Row.name of the family's contribution
+    baseline: str  # Row.name of the baseline it must beat
+    label: str = ""  # the metric's name in the headline table (default: the column's label)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class Family:
     columns: tuple[Column, ...] = ()
     headline: Headline | None = None
     note: str = ""
-    in_summary: bool = True   # a row in the end-of-repro headline table (False: no baseline to compare)
+    in_summary: bool = True  # a row in the end-of-repro headline table (False: no baseline to compare)
 
 
 @dataclass(frozen=True)
@@ -63,55 +64,134 @@ class Paper:
     family: str
     label: str
     dataset: str
-    values: Mapping[str, float]   # Column.key → the number as the paper prints it (display units)
-    source: str                   # where the number is recorded (/work/shared/reference notes name the paper)
+    values: Mapping[str, float]  # Column.key → the number as the paper prints it (display units)
+    source: str  # where the number is recorded (/work/shared/reference notes name the paper)
 
 
-_DENSE_COLS = tuple(Column(k, lab) for k, lab in (
-    ("METEOR", "METEOR"), ("METEOR_2021", "METEOR 2021"), ("CIDEr", "CIDEr"), ("Bleu_4", "BLEU-4"),
-    ("ROUGE_L", "ROUGE-L"), ("SODA_c", "SODA_c"), ("Precision", "Precision"), ("Recall", "Recall"), ("F1", "F1")))
-_RET_COLS = (Column("t2v/R1", "t2v R@1", 1), Column("t2v/R5", "t2v R@5", 1), Column("t2v/R10", "t2v R@10", 1),
-             Column("t2v/MedianR", "t2v MdR", 1, 1, True), Column("t2v/MeanR", "t2v MnR", 1, 1, True),
-             Column("v2t/R1", "v2t R@1", 1), Column("v2t/R5", "v2t R@5", 1), Column("v2t/R10", "v2t R@10", 1))
-_GRD_COLS = tuple(Column(k, k.replace(",", " ")) for k in (
-    "R@1,IoU@0.3", "R@1,IoU@0.5", "R@1,IoU@0.7", "R@5,IoU@0.3", "R@5,IoU@0.5", "R@5,IoU@0.7", "mIoU"))
-_RECAP_COLS = tuple(Column(f"{lv}/{m}", f"{lv} {lab}") for lv in ("clip", "segment", "video")
-                    for m, lab in (("CIDEr", "C"), ("ROUGE_L", "R"), ("METEOR", "M")))
+_DENSE_COLS = tuple(
+    Column(k, lab)
+    for k, lab in (
+        ("METEOR", "METEOR"),
+        ("METEOR_2021", "METEOR 2021"),
+        ("CIDEr", "CIDEr"),
+        ("Bleu_4", "BLEU-4"),
+        ("ROUGE_L", "ROUGE-L"),
+        ("SODA_c", "SODA_c"),
+        ("Precision", "Precision"),
+        ("Recall", "Recall"),
+        ("F1", "F1"),
+    )
+)
+_RET_COLS = (
+    Column("t2v/R1", "t2v R@1", 1),
+    Column("t2v/R5", "t2v R@5", 1),
+    Column("t2v/R10", "t2v R@10", 1),
+    Column("t2v/MedianR", "t2v MdR", 1, 1, True),
+    Column("t2v/MeanR", "t2v MnR", 1, 1, True),
+    Column("v2t/R1", "v2t R@1", 1),
+    Column("v2t/R5", "v2t R@5", 1),
+    Column("v2t/R10", "v2t R@10", 1),
+)
+_GRD_COLS = tuple(
+    Column(k, k.replace(",", " "))
+    for k in (
+        "R@1,IoU@0.3",
+        "R@1,IoU@0.5",
+        "R@1,IoU@0.7",
+        "R@5,IoU@0.3",
+        "R@5,IoU@0.5",
+        "R@5,IoU@0.7",
+        "mIoU",
+    )
+)
+_RECAP_COLS = tuple(
+    Column(f"{lv}/{m}", f"{lv} {lab}")
+    for lv in ("clip", "segment", "video")
+    for m, lab in (("CIDEr", "C"), ("ROUGE_L", "R"), ("METEOR", "M"))
+)
 
 FAMILIES: tuple[Family, ...] = (
-    Family("dense", "Dense video captioning: CM2 vs PDVC", ("cm2", "pdvc", "dense_trivial"),
-           (Row("cm2", "CM2 (memory retrieval)", "method", "cm2"), Row("pdvc", "PDVC", "baseline", "pdvc"),
-            Row("dense_trivial", "trivial (one whole-video event)", "floor", "dense_trivial")),
-           _DENSE_COLS, Headline("METEOR", "cm2", "pdvc"),
-           "densevid_eval at tIoU 0.3/0.5/0.7/0.9, ×100; METEOR = evaluate2018, METEOR 2021 = evaluate2021."),
-    Family("retrieval", "Text-video retrieval: EMCL vs CLIP4Clip meanP", ("retrieval",),
-           (Row("emcl", "EMCL", "method", "retrieval"), Row("meanp", "CLIP4Clip meanP", "baseline", "retrieval"),
-            Row("retrieval_chance", "chance", "floor", "retrieval")),
-           _RET_COLS, Headline("t2v/R1", "emcl", "meanp"), "Recall in %, ranks: lower is better."),
-    Family("grounding", "Moment retrieval: MRNet vs MMN (text and speech queries)", ("grounding",),
-           (Row("mrnet", "MRNet (text)", "method", "grounding"), Row("mmn", "MMN (text)", "baseline", "grounding"),
+    Family(
+        "dense",
+        "Dense video captioning: CM2 vs PDVC",
+        ("cm2", "pdvc", "dense_trivial"),
+        (
+            Row("cm2", "CM2 (memory retrieval)", "method", "cm2"),
+            Row("pdvc", "PDVC", "baseline", "pdvc"),
+            Row("dense_trivial", "trivial (one whole-video event)", "floor", "dense_trivial"),
+        ),
+        _DENSE_COLS,
+        Headline("METEOR", "cm2", "pdvc"),
+        "densevid_eval at tIoU 0.3/0.5/0.7/0.9, ×100; METEOR = evaluate2018, METEOR 2021 = evaluate2021.",
+    ),
+    Family(
+        "retrieval",
+        "Text-video retrieval: EMCL vs CLIP4Clip meanP",
+        ("retrieval",),
+        (
+            Row("emcl", "EMCL", "method", "retrieval"),
+            Row("meanp", "CLIP4Clip meanP", "baseline", "retrieval"),
+            Row("retrieval_chance", "chance", "floor", "retrieval"),
+        ),
+        _RET_COLS,
+        Headline("t2v/R1", "emcl", "meanp"),
+        "Recall in %, ranks: lower is better.",
+    ),
+    Family(
+        "grounding",
+        "Moment retrieval: MRNet vs MMN (text and speech queries)",
+        ("grounding",),
+        (
+            Row("mrnet", "MRNet (text)", "method", "grounding"),
+            Row("mmn", "MMN (text)", "baseline", "grounding"),
             Row("mrnet_speech", "MRNet (speech)", "variant", "grounding"),
-            Row("grounding_prior", "prior only", "floor", "grounding")),
-           _GRD_COLS, Headline("R@1,IoU@0.5", "mrnet", "mmn"), "R@k at IoU thresholds and mIoU, ×100."),
-    Family("recap", "Hierarchical captions of long videos: Video ReCap vs flat", ("recap",),
-           (Row("recap_clip", "ReCap clip level", "method", "recap"),
+            Row("grounding_prior", "prior only", "floor", "grounding"),
+        ),
+        _GRD_COLS,
+        Headline("R@1,IoU@0.5", "mrnet", "mmn"),
+        "R@k at IoU thresholds and mIoU, ×100.",
+    ),
+    Family(
+        "recap",
+        "Hierarchical captions of long videos: Video ReCap vs flat",
+        ("recap",),
+        (
+            Row("recap_clip", "ReCap clip level", "method", "recap"),
             Row("recap_segment", "ReCap segment level", "method", "recap"),
             Row("recap_video", "ReCap video level", "method", "recap"),
             Row("recapu", "ReCap-U (one model)", "variant", "recap"),
             Row("recap_flat", "flat (features only)", "baseline", "recap"),
-            Row("recap_trivial", "trivial (top train caption)", "floor", "recap")),
-           _RECAP_COLS, Headline("video/CIDEr", "recap_video", "recap_flat", "video CIDEr"),
-           "CIDEr (C), ROUGE-L (R), METEOR (M) per level, ×100."),
-    Family("clip", "CLIP tuning (val frame → sentence retrieval)", ("clip",),
-           (Row("tuned", "tuned CLIP", "method", "clip", "val_tuned"),
+            Row("recap_trivial", "trivial (top train caption)", "floor", "recap"),
+        ),
+        _RECAP_COLS,
+        Headline("video/CIDEr", "recap_video", "recap_flat", "video CIDEr"),
+        "CIDEr (C), ROUGE-L (R), METEOR (M) per level, ×100.",
+    ),
+    Family(
+        "clip",
+        "CLIP tuning (val frame → sentence retrieval)",
+        ("clip",),
+        (
+            Row("tuned", "tuned CLIP", "method", "clip", "val_tuned"),
             Row("untuned", "untuned CLIP", "baseline", "clip", "val_untuned"),
-            Row("chance", "chance", "floor", "clip", "val_tuned", {"r1": "chance_r1"})),
-           (Column("r1", "R@1"), Column("r5", "R@5")),
-           Headline("r1", "tuned", "untuned", "val R@1"), "Recall ×100 on the val split."),
-    Family("bank", "CM2 memory bank", ("bank",),
-           (Row("bank", "train event sentences", "method", "bank"),),
-           (Column("sentences", "sentences", 1, 0), Column("distinct_sentences", "distinct", 1, 0),
-            Column("videos", "videos", 1, 0)), in_summary=False),
+            Row("chance", "chance", "floor", "clip", "val_tuned", {"r1": "chance_r1"}),
+        ),
+        (Column("r1", "R@1"), Column("r5", "R@5")),
+        Headline("r1", "tuned", "untuned", "val R@1"),
+        "Recall ×100 on the val split.",
+    ),
+    Family(
+        "bank",
+        "CM2 memory bank",
+        ("bank",),
+        (Row("bank", "train event sentences", "method", "bank"),),
+        (
+            Column("sentences", "sentences", 1, 0),
+            Column("distinct_sentences", "distinct", 1, 0),
+            Column("videos", "videos", 1, 0),
+        ),
+        in_summary=False,
+    ),
     # MemBridge (issue 13): its evaluate stage writes metrics/membridge.json, one row per model and baseline;
     # the table shows every row and number of that file until its rows, columns and headline are listed here.
     Family("membridge", "Video-language pre-training: MemBridge vs full attention", ("membridge",)),
@@ -120,32 +200,129 @@ FAMILIES: tuple[Family, ...] = (
 # The papers' numbers, for scale (different data, features and model sizes: not a comparison). Sources are the
 # project's reference notes, which cite the papers and repositories they come from.
 PAPERS: tuple[Paper, ...] = (
-    Paper("dense", "CM2 (paper, CLIP ViT-L/14)", "ActivityNet Captions val",
-          {"METEOR": 8.55, "CIDEr": 33.01, "Bleu_4": 2.38, "SODA_c": 6.18, "Precision": 56.81, "Recall": 53.71,
-           "F1": 55.21}, "reference/cm2_pdvc.md §5 (CM2, CVPR 2024, Tables 1–2)"),
-    Paper("dense", "PDVC (README, TSP features)", "ActivityNet Captions val",
-          {"METEOR": 8.37, "METEOR_2021": 9.03, "CIDEr": 31.14, "Bleu_4": 2.17, "SODA_c": 6.05,
-           "Precision": 57.39, "Recall": 55.79}, "reference/cm2_pdvc.md §5 (PDVC README table)"),
-    Paper("retrieval", "EMCL-Net (paper)", "MSR-VTT 1k-A",
-          {"t2v/R1": 46.8, "t2v/R5": 73.1, "t2v/R10": 83.1, "t2v/MedianR": 2.0, "t2v/MeanR": 12.8,
-           "v2t/R1": 46.5, "v2t/R5": 73.5, "v2t/R10": 83.5}, "reference/mrnet_emcl_membridge.md §2.4"),
-    Paper("retrieval", "CLIP4Clip meanP", "MSR-VTT 1k-A",
-          {"t2v/R1": 43.1, "t2v/R5": 70.4, "t2v/R10": 80.8, "t2v/MedianR": 2.0, "t2v/MeanR": 16.2,
-           "v2t/R1": 43.1, "v2t/R5": 70.5, "v2t/R10": 81.2}, "reference/mrnet_emcl_membridge.md §2.4"),
-    Paper("grounding", "UniSDNet (MRNet's sibling; MRNet's own table is not verified)", "Charades-STA (I3D)",
-          {"R@1,IoU@0.5": 61.02, "R@1,IoU@0.7": 39.70, "R@5,IoU@0.5": 89.97, "R@5,IoU@0.7": 73.20, "mIoU": 52.69},
-          "reference/mrnet_emcl_membridge.md §1.4"),
-    Paper("grounding", "UniSDNet, spoken queries", "ActivityNet Speech",
-          {"R@1,IoU@0.3": 72.27, "R@1,IoU@0.5": 56.29, "R@1,IoU@0.7": 33.29, "R@5,IoU@0.5": 84.28,
-           "R@5,IoU@0.7": 72.42, "mIoU": 52.22}, "reference/mrnet_emcl_membridge.md §1.4"),
-    Paper("recap", "Video ReCap (paper)", "Ego4D-HCap",
-          {"clip/CIDEr": 98.35, "clip/ROUGE_L": 48.77, "clip/METEOR": 28.28, "segment/CIDEr": 46.88,
-           "segment/ROUGE_L": 39.73, "segment/METEOR": 18.55, "video/CIDEr": 29.34, "video/ROUGE_L": 32.64,
-           "video/METEOR": 14.45}, "reference/recap_lavila.md (Video ReCap, CVPR 2024, Table 2)"),
-    Paper("recap", "Video ReCap-U (paper)", "Ego4D-HCap",
-          {"clip/CIDEr": 92.67, "clip/ROUGE_L": 47.90, "clip/METEOR": 28.08, "segment/CIDEr": 45.60,
-           "segment/ROUGE_L": 39.33, "segment/METEOR": 18.17, "video/CIDEr": 31.06, "video/ROUGE_L": 33.32,
-           "video/METEOR": 14.16}, "reference/recap_lavila.md (Video ReCap, CVPR 2024, Table 2)"),
+    Paper(
+        "dense",
+        "CM2 (paper, CLIP ViT-L/14)",
+        "ActivityNet Captions val",
+        {
+            "METEOR": 8.55,
+            "CIDEr": 33.01,
+            "Bleu_4": 2.38,
+            "SODA_c": 6.18,
+            "Precision": 56.81,
+            "Recall": 53.71,
+            "F1": 55.21,
+        },
+        "reference/cm2_pdvc.md §5 (CM2, CVPR 2024, Tables 1–2)",
+    ),
+    Paper(
+        "dense",
+        "PDVC (README, TSP features)",
+        "ActivityNet Captions val",
+        {
+            "METEOR": 8.37,
+            "METEOR_2021": 9.03,
+            "CIDEr": 31.14,
+            "Bleu_4": 2.17,
+            "SODA_c": 6.05,
+            "Precision": 57.39,
+            "Recall": 55.79,
+        },
+        "reference/cm2_pdvc.md §5 (PDVC README table)",
+    ),
+    Paper(
+        "retrieval",
+        "EMCL-Net (paper)",
+        "MSR-VTT 1k-A",
+        {
+            "t2v/R1": 46.8,
+            "t2v/R5": 73.1,
+            "t2v/R10": 83.1,
+            "t2v/MedianR": 2.0,
+            "t2v/MeanR": 12.8,
+            "v2t/R1": 46.5,
+            "v2t/R5": 73.5,
+            "v2t/R10": 83.5,
+        },
+        "reference/mrnet_emcl_membridge.md §2.4",
+    ),
+    Paper(
+        "retrieval",
+        "CLIP4Clip meanP",
+        "MSR-VTT 1k-A",
+        {
+            "t2v/R1": 43.1,
+            "t2v/R5": 70.4,
+            "t2v/R10": 80.8,
+            "t2v/MedianR": 2.0,
+            "t2v/MeanR": 16.2,
+            "v2t/R1": 43.1,
+            "v2t/R5": 70.5,
+            "v2t/R10": 81.2,
+        },
+        "reference/mrnet_emcl_membridge.md §2.4",
+    ),
+    Paper(
+        "grounding",
+        "UniSDNet (MRNet's sibling; MRNet's own table is not verified)",
+        "Charades-STA (I3D)",
+        {
+            "R@1,IoU@0.5": 61.02,
+            "R@1,IoU@0.7": 39.70,
+            "R@5,IoU@0.5": 89.97,
+            "R@5,IoU@0.7": 73.20,
+            "mIoU": 52.69,
+        },
+        "reference/mrnet_emcl_membridge.md §1.4",
+    ),
+    Paper(
+        "grounding",
+        "UniSDNet, spoken queries",
+        "ActivityNet Speech",
+        {
+            "R@1,IoU@0.3": 72.27,
+            "R@1,IoU@0.5": 56.29,
+            "R@1,IoU@0.7": 33.29,
+            "R@5,IoU@0.5": 84.28,
+            "R@5,IoU@0.7": 72.42,
+            "mIoU": 52.22,
+        },
+        "reference/mrnet_emcl_membridge.md §1.4",
+    ),
+    Paper(
+        "recap",
+        "Video ReCap (paper)",
+        "Ego4D-HCap",
+        {
+            "clip/CIDEr": 98.35,
+            "clip/ROUGE_L": 48.77,
+            "clip/METEOR": 28.28,
+            "segment/CIDEr": 46.88,
+            "segment/ROUGE_L": 39.73,
+            "segment/METEOR": 18.55,
+            "video/CIDEr": 29.34,
+            "video/ROUGE_L": 32.64,
+            "video/METEOR": 14.45,
+        },
+        "reference/recap_lavila.md (Video ReCap, CVPR 2024, Table 2)",
+    ),
+    Paper(
+        "recap",
+        "Video ReCap-U (paper)",
+        "Ego4D-HCap",
+        {
+            "clip/CIDEr": 92.67,
+            "clip/ROUGE_L": 47.90,
+            "clip/METEOR": 28.08,
+            "segment/CIDEr": 45.60,
+            "segment/ROUGE_L": 39.33,
+            "segment/METEOR": 18.17,
+            "video/CIDEr": 31.06,
+            "video/ROUGE_L": 33.32,
+            "video/METEOR": 14.16,
+        },
+        "reference/recap_lavila.md (Video ReCap, CVPR 2024, Table 2)",
+    ),
 )
 
 
@@ -155,8 +332,8 @@ class TableRow:
     name: str
     label: str
     role: str
-    values: dict[str, float | None]   # Column.key → display value (None: not in the file)
-    present: bool = True              # False: its metrics file (or its entry) is absent
+    values: dict[str, float | None]  # Column.key → display value (None: not in the file)
+    present: bool = True  # False: its metrics file (or its entry) is absent
 
 
 @dataclass
@@ -164,7 +341,7 @@ class FamilyTable:
     family: Family
     columns: list[Column]
     rows: list[TableRow]
-    missing: list[str]                # metrics files not found
+    missing: list[str]  # metrics files not found
     papers: list[Paper] = field(default_factory=list)
 
     @property
@@ -221,8 +398,11 @@ def load_table(family: Family, metrics_dir: Path) -> FamilyTable:
     specs: Sequence[Row] = family.rows
     if not specs:  # every entry of the family's one file is a row
         data = files.get(family.files[0]) if family.files else None
-        specs = [Row(k, k, "method", family.files[0]) for k, v in (data or {}).items()
-                 if isinstance(v, Mapping) and k != "toolchain"]
+        specs = [
+            Row(k, k, "method", family.files[0])
+            for k, v in (data or {}).items()
+            if isinstance(v, Mapping) and k != "toolchain"
+        ]
     picked: list[tuple[Row, Mapping[str, Any] | None]] = []
     for spec in specs:
         data = files.get(spec.file)
@@ -253,7 +433,7 @@ def load_tables(metrics_dir: Path, families: Sequence[Family] = FAMILIES) -> lis
     return [load_table(f, metrics_dir) for f in families]
 
 
-# ---------------------------------------------------------------------------------------------------- headline
+# --------------------------------------------------------------------------------------------------- headline
 @dataclass
 class HeadlineRow:
     family: str
@@ -262,7 +442,7 @@ class HeadlineRow:
     method_value: float | None
     baseline: str
     baseline_value: float | None
-    status: str          # "" when both values are there, else why not (NOT_COMPUTED, ...)
+    status: str  # "" when both values are there, else why not (NOT_COMPUTED, ...)
 
 
 def headlines(tables: Sequence[FamilyTable]) -> list[HeadlineRow]:
@@ -273,7 +453,9 @@ def headlines(tables: Sequence[FamilyTable]) -> list[HeadlineRow]:
             continue
         h = t.family.headline
         if h is None:
-            status = NOT_COMPUTED if not t.computed else "no headline metric declared (vidmem/report/families.py)"
+            status = (
+                NOT_COMPUTED if not t.computed else "no headline metric declared (vidmem/report/families.py)"
+            )
             out.append(HeadlineRow(t.family.key, "", "", None, "", None, status))
             continue
         col = next(c for c in t.columns if c.key == h.column)
@@ -281,8 +463,17 @@ def headlines(tables: Sequence[FamilyTable]) -> list[HeadlineRow]:
         mv = m.values.get(h.column) if m and m.present else None
         bv = b.values.get(h.column) if b and b.present else None
         status = "" if mv is not None and bv is not None else NOT_COMPUTED
-        out.append(HeadlineRow(t.family.key, h.label or col.label, m.label if m else h.method, mv,
-                               b.label if b else h.baseline, bv, status))
+        out.append(
+            HeadlineRow(
+                t.family.key,
+                h.label or col.label,
+                m.label if m else h.method,
+                mv,
+                b.label if b else h.baseline,
+                bv,
+                status,
+            )
+        )
     return out
 
 

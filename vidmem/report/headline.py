@@ -4,6 +4,7 @@
 
 A family whose metrics file is absent reads "not computed". Called by `make repro` after `dvc repro`.
 """
+
 from __future__ import annotations
 
 import sys
@@ -19,9 +20,17 @@ def table(metrics_dir: Path) -> str:
             rows.append((h.family, h.status, "", "", "", "", ""))
             continue
         delta = (h.method_value - h.baseline_value) if not h.status else None
-        rows.append((h.family, h.metric, h.method, fmt(h.method_value) if h.method_value is not None else h.status,
-                     h.baseline, fmt(h.baseline_value) if h.baseline_value is not None else h.status,
-                     "" if delta is None else f"{delta:+.2f}"))
+        rows.append(
+            (
+                h.family,
+                h.metric,
+                h.method,
+                fmt(h.method_value) if h.method_value is not None else h.status,
+                h.baseline,
+                fmt(h.baseline_value) if h.baseline_value is not None else h.status,
+                "" if delta is None else f"{delta:+.2f}",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -1,5 +1,6 @@
 """Inline SVG drawings for the report: line charts (DVCLive curves) and event timelines. Plain SVG, no
 JavaScript; every mark has a <title> so the browser shows its value on hover."""
+
 from __future__ import annotations
 
 import math
@@ -41,14 +42,20 @@ class Series:
 
 def line_chart(title: str, series: Sequence[Series], width: int = 300, height: int = 170) -> str:
     """One chart: every series as a polyline over shared axes (non-finite points are dropped)."""
-    pts = [[(float(a), float(b)) for a, b in zip(s.x, s.y) if math.isfinite(a) and math.isfinite(b)]
-           for s in series]
+    pts = [
+        [(float(a), float(b)) for a, b in zip(s.x, s.y) if math.isfinite(a) and math.isfinite(b)]
+        for s in series
+    ]
     allp = [p for ps in pts for p in ps]
     left, right, top, bottom = 46, 8, 20, 28
     w, h = width - left - right, height - top - bottom
-    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
-           f'<text x="{left}" y="13" class="ct">{escape(title)}</text>']
+    out = [
+        (
+            f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">'
+        ),
+        f'<text x="{left}" y="13" class="ct">{escape(title)}</text>',
+    ]
     if not allp:
         out.append(f'<text x="{left}" y="{top + h / 2}" class="cn">no points</text></svg>')
         return "".join(out)
@@ -68,8 +75,10 @@ def line_chart(title: str, series: Sequence[Series], width: int = 300, height: i
 
     out.append(f'<rect x="{left}" y="{top}" width="{w}" height="{h}" class="cf"/>')
     for t in _ticks(y0, y1):
-        out.append(f'<line x1="{left}" x2="{left + w}" y1="{_num(sy(t))}" y2="{_num(sy(t))}" class="cg"/>'
-                   f'<text x="{left - 4}" y="{_num(sy(t) + 3)}" class="cy">{_label(t)}</text>')
+        out.append(
+            f'<line x1="{left}" x2="{left + w}" y1="{_num(sy(t))}" y2="{_num(sy(t))}" class="cg"/>'
+            f'<text x="{left - 4}" y="{_num(sy(t) + 3)}" class="cy">{_label(t)}</text>'
+        )
     for t in _ticks(x0, x1):
         out.append(f'<text x="{_num(sx(t))}" y="{top + h + 12}" class="cx">{_label(t)}</text>')
     out.append(f'<text x="{left + w}" y="{height - 3}" class="cx" style="text-anchor:end">step</text>')
@@ -78,14 +87,20 @@ def line_chart(title: str, series: Sequence[Series], width: int = 300, height: i
         if not ps:
             continue
         if len(ps) == 1:
-            out.append(f'<circle cx="{_num(sx(ps[0][0]))}" cy="{_num(sy(ps[0][1]))}" r="2.5" fill="{colour}"/>')
+            out.append(
+                f'<circle cx="{_num(sx(ps[0][0]))}" cy="{_num(sy(ps[0][1]))}" r="2.5" fill="{colour}"/>'
+            )
         else:
             line = " ".join(f"{_num(sx(a))},{_num(sy(b))}" for a, b in ps)
-            out.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="1.5">'
-                       f'<title>{escape(s.name)}: last {_label(ps[-1][1])} at step {_label(ps[-1][0])}</title>'
-                       '</polyline>')
-        out.append(f'<text x="{left + w - 2}" y="{top + 10 + 11 * i}" class="cl" fill="{colour}" '
-                   f'text-anchor="end">{escape(s.name)}</text>')
+            out.append(
+                f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="1.5">'
+                f'<title>{escape(s.name)}: last {_label(ps[-1][1])} at step {_label(ps[-1][0])}</title>'
+                '</polyline>'
+            )
+        out.append(
+            f'<text x="{left + w - 2}" y="{top + 10 + 11 * i}" class="cl" fill="{colour}" '
+            f'text-anchor="end">{escape(s.name)}</text>'
+        )
     out.append("</svg>")
     return "".join(out)
 
@@ -102,11 +117,12 @@ class Span:
 class Track:
     label: str
     spans: Sequence[Span]
-    kind: str = "pred"   # truth | pred | best (the colour class)
+    kind: str = "pred"  # truth | pred | best (the colour class)
 
 
-def timeline(duration: float, tracks: Sequence[Track], width: int = 900, row: int = 18,
-             marks: Sequence[float] = ()) -> str:
+def timeline(
+    duration: float, tracks: Sequence[Track], width: int = 900, row: int = 18, marks: Sequence[float] = ()
+) -> str:
     """Tracks of [start, end] bars over one video's duration (truth above predictions); `marks`: times
     drawn as thin ticks on the axis (where the thumbnails are taken)."""
     left, right = 150, 10
@@ -132,28 +148,41 @@ def timeline(duration: float, tracks: Sequence[Track], width: int = 900, row: in
     def sx(v: float) -> float:
         return left + max(0.0, min(v, dur)) / dur * w
 
-    out = [f'<svg class="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}">']
+    out = [
+        (
+            f'<svg class="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}">'
+        )
+    ]
     for t in _ticks(0, dur, 8):
-        out.append(f'<line x1="{_num(sx(t))}" x2="{_num(sx(t))}" y1="12" y2="{height}" class="cg"/>'
-                   f'<text x="{_num(sx(t))}" y="10" class="cx">{_label(t)} s</text>')
+        out.append(
+            f'<line x1="{_num(sx(t))}" x2="{_num(sx(t))}" y1="12" y2="{height}" class="cg"/>'
+            f'<text x="{_num(sx(t))}" y="10" class="cx">{_label(t)} s</text>'
+        )
     for m in marks:
         out.append(f'<line x1="{_num(sx(m))}" x2="{_num(sx(m))}" y1="13" y2="19" class="tm"/>')
     y = axis
     for t, placed, hgt in zip(tracks, lanes, heights):
-        out.append(f'<text x="{left - 6}" y="{y + row * 0.7}" class="tl" text-anchor="end">{escape(t.label)}</text>'
-                   f'<rect x="{left}" y="{y}" width="{w}" height="{hgt}" class="tb"/>')
+        out.append(
+            f'<text x="{left - 6}" y="{y + row * 0.7}" class="tl" text-anchor="end">{escape(t.label)}</text>'
+            f'<rect x="{left}" y="{y}" width="{w}" height="{hgt}" class="tb"/>'
+        )
         for s, lane in placed:
             x, x2 = sx(s.start), sx(s.end)
-            tip = f"{s.start:.1f}–{s.end:.1f} s: {s.text}" + (f" (score {s.score:.3f})" if s.score is not None
-                                                              else "")
-            out.append(f'<rect x="{_num(x)}" y="{y + lane * row + 2}" width="{_num(max(x2 - x, 2))}" '
-                       f'height="{row - 4}" rx="3" class="ev {t.kind}"><title>{escape(tip)}</title></rect>')
+            tip = f"{s.start:.1f}–{s.end:.1f} s: {s.text}" + (
+                f" (score {s.score:.3f})" if s.score is not None else ""
+            )
+            out.append(
+                f'<rect x="{_num(x)}" y="{y + lane * row + 2}" width="{_num(max(x2 - x, 2))}" '
+                f'height="{row - 4}" rx="3" class="ev {t.kind}"><title>{escape(tip)}</title></rect>'
+            )
             if x2 - x > 40:
                 chars = int((x2 - x - 6) / 5.6)
-                text = s.text if len(s.text) <= chars else s.text[:max(chars - 1, 1)] + "…"
-                out.append(f'<text x="{_num(x + 3)}" y="{y + lane * row + row * 0.68}" class="et">'
-                           f'{escape(text)}</text>')
+                text = s.text if len(s.text) <= chars else s.text[: max(chars - 1, 1)] + "…"
+                out.append(
+                    f'<text x="{_num(x + 3)}" y="{y + lane * row + row * 0.68}" class="et">'
+                    f'{escape(text)}</text>'
+                )
         y += hgt + 6
     out.append("</svg>")
     return "".join(out)
