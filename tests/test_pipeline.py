@@ -167,11 +167,12 @@ def test_report_renders_in_headless_chromium(project, tmp_path):
     m = {n: json.loads((project / "metrics" / f"{n}.json").read_text())
          for n in ("cm2", "pdvc", "retrieval", "grounding", "recap")}
     for value in (m["cm2"]["METEOR"] * 100, m["pdvc"]["CIDEr"] * 100, m["retrieval"]["emcl"]["t2v"]["R1"],
-                  m["grounding"]["mrnet"]["R@1,IoU@0.5"] * 100, m["recap"]["recap_video"]["video/CIDEr"] * 100):
+                  m["grounding"]["mrnet"]["R@1,IoU@0.5"] * 100,
+                  m["recap"]["recap_video"]["video/CIDEr"] * 100):
         assert f">{value:.2f}<" in dom, value
     for model in TRAINED:                                                       # every DVCLive curve
         assert f'data-model="{model}"' in dom, model
-    assert dom.count("data:image/jpeg;base64,") >= 8                            # thumbnails from data/compressed
+    assert dom.count("data:image/jpeg;base64,") >= 8                    # thumbnails from data/compressed
     assert "not computed" not in dom.split('id="family-membridge"')[0]           # every built family is there
     std, colours = browser.pixel_spread(tmp_path / "report.png")
     assert std > 10 and colours > 100, (std, colours)

@@ -1,5 +1,5 @@
-"""Presets for the public datasets (presets/*.yaml, `python -m vidmem.preset NAME`): each applies to params.yaml
-keeping its comments, its params pass the families' own readers, it lists every file a user must bring, and
+"""Presets for the public datasets (presets/*.yaml, `python -m vidmem.preset NAME`): each applies to
+params.yaml keeping its comments, its params pass the families' own readers, it lists every file a user must bring, and
 `ingest` then stops with a one-line error naming a missing file."""
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def check_readers(params: dict) -> None:
     read(CompressConfig, params["compress"], "compress")
     for name, group in params["train"].items():
         fam = group["family"]
-        read_task_params(configs[fam], [(params["families"][fam], f"families.{fam}"), (group, f"train.{name}")])
+        layers = [(params["families"][fam], f"families.{fam}"), (group, f"train.{name}")]
+        read_task_params(configs[fam], layers)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -85,7 +86,7 @@ def test_preset_applies_and_ingest_names_the_missing_files(name, tmp_path, monke
 
 @pytest.mark.slow
 def test_dvc_repro_ingest_with_a_preset_names_the_missing_file(tmp_path):
-    """Through DVC, as a user runs it (slow: a DVC project of its own; the test above runs the stage itself)."""
+    """Through DVC, as a user runs it (slow: a DVC project of its own; the test above runs the stage)."""
     root = tmp_path / "repo"
     for f in ("dvc.yaml", "params.yaml"):
         (root / f).parent.mkdir(parents=True, exist_ok=True)

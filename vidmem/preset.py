@@ -117,7 +117,7 @@ def apply(preset: Preset, params_file: Path = PARAMS_FILE) -> None:
 
 
 def make_folders(preset: Preset, root: Path = Path(".")) -> list[Path]:
-    """Create the folders the files to bring go into (so `ls` shows where each belongs); returns the new ones."""
+    """Create the folders the files to bring go into (`ls` shows where each belongs); returns the new ones."""
     made = []
     for b in preset.bring:
         folder = root / b.path if b.folder else (root / b.path).parent
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vidmem.preset", description=__doc__.split("\n\n")[0])
     ap.add_argument("name", nargs="?", help="the preset (presets/<name>.yaml)")
     ap.add_argument("--list", action="store_true", help="list the presets")
-    ap.add_argument("--check", action="store_true", help="only list the missing files; params.yaml is unchanged")
+    ap.add_argument("--check", action="store_true", help="only list the missing files (params.yaml unchanged)")
     args = ap.parse_args(argv)
     try:
         if args.list or not args.name:
@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         preset = load(args.name)
         if not args.check:
             apply(preset)
-            print(f"{PARAMS_FILE}: {preset.name} applied ({', '.join(preset.params)}); `git diff {PARAMS_FILE}` "
-                  "shows it")
+            groups = ", ".join(preset.params)
+            print(f"{PARAMS_FILE}: {preset.name} applied ({groups}); `git diff {PARAMS_FILE}` shows it")
             for folder in make_folders(preset):
                 print(f"created {folder}/")
         gone = report_missing(preset)
