@@ -1,6 +1,6 @@
 """Presets for the public datasets (presets/*.yaml, `python -m vidmem.preset NAME`): each applies to
-params.yaml keeping its comments, its params pass the families' own readers, it lists every file a user must bring, and
-`ingest` then stops with a one-line error naming a missing file."""
+params.yaml keeping its comments, its params pass the families' own readers, it lists every file a user must
+bring, and `ingest` then stops with a one-line error naming a missing file."""
 from __future__ import annotations
 
 import os

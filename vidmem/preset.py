@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vidmem.preset", description=__doc__.split("\n\n")[0])
     ap.add_argument("name", nargs="?", help="the preset (presets/<name>.yaml)")
     ap.add_argument("--list", action="store_true", help="list the presets")
-    ap.add_argument("--check", action="store_true", help="only list the missing files (params.yaml unchanged)")
+    ap.add_argument("--check", action="store_true", help="only list the missing files")
     args = ap.parse_args(argv)
     try:
         if args.list or not args.name:
