@@ -92,6 +92,15 @@ def test_headline_table_marks_missing_families(tmp_path):
     assert "not computed" in out and "4.70" in out
 
 
+def test_rows_read_their_own_keys(tmp_path):
+    """CLIP tuning: the chance row reads chance_r1 as its R@1 and has no R@5."""
+    val = {"r1": 0.08, "r5": 0.16, "chance_r1": 0.015}
+    metrics = write_metrics(tmp_path, clip={"val_tuned": val, "val_untuned": {**val, "r1": 0.0}})
+    t = next(t for t in load_tables(metrics) if t.family.key == "clip")
+    assert t.row("tuned").values == {"r1": pytest.approx(8.0), "r5": pytest.approx(16.0)}
+    assert t.row("chance").values == {"r1": pytest.approx(1.5), "r5": None}
+
+
 def test_a_family_file_with_unlisted_rows_is_shown_whole(tmp_path):
     """The MemBridge hook: its file's rows and numbers appear before its table is declared."""
     metrics = write_metrics(

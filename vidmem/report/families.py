@@ -36,7 +36,8 @@ class Row:
     file: str  # metrics/<file>.json
     path: str | None = None  # the row inside the file ("/"-separated); None: the name, or the whole file
     #                          when the file is named after the row
-    keys: Mapping[str, str] = field(default_factory=dict)  # Column.key → the key this row reads it from
+    # Column.key → the key this row reads it from (None: the row has no such value)
+    keys: Mapping[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ FAMILIES: tuple[Family, ...] = (
         (
             Row("tuned", "tuned CLIP", "method", "clip", "val_tuned"),
             Row("untuned", "untuned CLIP", "baseline", "clip", "val_untuned"),
-            Row("chance", "chance", "floor", "clip", "val_tuned", {"r1": "chance_r1"}),
+            Row("chance", "chance", "floor", "clip", "val_tuned", {"r1": "chance_r1", "r5": None}),
         ),
         (Column("r1", "R@1"), Column("r5", "R@5")),
         Headline("r1", "tuned", "untuned", "val R@1"),
@@ -422,7 +423,8 @@ def load_table(family: Family, metrics_dir: Path) -> FamilyTable:
     for spec, node in picked:
         values = {}
         for c in columns:
-            v = _number(lookup(node, spec.keys.get(c.key, c.key))) if node is not None else None
+            key = spec.keys.get(c.key, c.key)
+            v = _number(lookup(node, key)) if node is not None and key is not None else None
             values[c.key] = None if v is None else v * c.scale
         rows.append(TableRow(spec.name, spec.label, spec.role, values, present=node is not None))
     papers = [p for p in PAPERS if p.family == family.key]
