@@ -220,15 +220,15 @@ def grounding_examples(
     from models.grounding.data import manifest_queries  # the family's own reading of the query table
 
     root = paths.predictions / "grounding"
-    preds: dict[str, dict[tuple[str, int], tuple[float, float, float]]] = {}
+    # keyed by (video, query text): a spoken-query model numbers its queries in its own source's order
+    preds: dict[str, dict[tuple[str, str], tuple[float, float, float]]] = {}
     for m in cfg.grounding_models:
         p = root / f"{m}.jsonl"
         if p.is_file():
-            preds[m] = {
-                (r["vid"], int(r["query_idx"])): tuple(r["pred_relevant_windows"][0])
-                for r in read_jsonl(p)
-                if r.get("pred_relevant_windows")
-            }
+            preds[m] = {}
+            for r in read_jsonl(p):
+                if r.get("pred_relevant_windows"):
+                    preds[m].setdefault((r["vid"], r["query"]), tuple(r["pred_relevant_windows"][0]))
     if not preds:
         return []
     queries = manifest_queries(manifest, "test", speech=False)
@@ -236,7 +236,7 @@ def grounding_examples(
     out = []
     for vid in sorted(queries)[: cfg.grounding]:
         q = queries[vid][0]
-        got = {m: p[(vid, q.query_idx)] for m, p in preds.items() if (vid, q.query_idx) in p}
+        got = {m: p[(vid, q.query)] for m, p in preds.items() if (vid, q.query) in p}
         if not got:
             continue
         dur = durations.get(vid) or max(q.end, *(e for _, e, _ in got.values()))
