@@ -178,7 +178,10 @@ def test_report_renders_in_headless_chromium(project, tmp_path):
     assert std > 10 and colours > 100, (std, colours)
 
 
+@pytest.mark.slow
 def test_plots_and_exp_show_cover_every_family(project):
+    """Slow (two DVC commands over every plot and metrics file); the declarations it relies on are the
+    dvc.yaml entries test_every_stage_ran reads back from dvc.lock."""
     plots = json.loads(run(project, "dvc", "plots", "show", "--json").stdout)
     files = json.dumps(plots)
     for model in TRAINED:

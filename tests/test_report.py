@@ -214,11 +214,16 @@ def small_project(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
+    """The stage's main() run in the small project (in this process: the test suite has torch loaded)."""
+    from stages import report
+
     root = small_project(tmp_path_factory.mktemp("report"))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [sys.executable, "-m", "stages.report"], cwd=root, env=env, check=True, capture_output=True
-    )
+    here = Path.cwd()
+    os.chdir(root)
+    try:
+        report.main()
+    finally:
+        os.chdir(here)
     return root / "reports" / "index.html"
 
 
