@@ -34,9 +34,10 @@ class MemBridgeConfig:
     mlm_prob: float = bounded(0.15, lo=0, hi=1)   # paper 15 % Bernoulli
     hard_temp: float = bounded(0.1, lo=1e-6)     # softmax temperature over the dual-encoder cosine
                                                   # similarities the hard negatives are drawn from
-    vtm_dropout: float = bounded(0.5, lo=0, hi=1)  # paper 0.5 on the matching head's inputs
+    vtm_dropout: float = bounded(0.1, lo=0, hi=1)  # paper 0.5 on the matching head's inputs
     # downstream
     rerank_top: int = bounded(10, lo=0)           # retrieval: candidates re-scored per query (0: all)
+    rerank_dual: float = bounded(1.0, lo=0)       # + this × the dual cosine in a candidate's score (BLIP: 1)
     beam_size: int = bounded(3, lo=1)             # captioning: the beam of the beam search (greedy is also scored)
     length_penalty: float = bounded(1.0, lo=0)    # beam: rank hypotheses by log p / length^length_penalty
 

@@ -171,7 +171,21 @@ class MemBridgeTask(Task):
         frames, mask = self.video_batch([split.videos[split.text_video[i]] for i in rows])
         ids, n = self.text_batch([split.sentences[i] for i in rows])
         video = torch.tensor([split.text_video[i] for i in rows], device=self.device)
-        return {"frames": frames, "mask": mask, "ids": ids, "len": n, "video": video}
+        # pairs that are no negatives: the same video, or a sentence that is also a caption of the other video
+        of = self.described(split)
+        cols = [split.text_video[i] for i in rows]
+        same = torch.tensor([[c in of[split.sentences[i]] for c in cols] for i in rows], device=self.device)
+        return {"frames": frames, "mask": mask, "ids": ids, "len": n, "video": video, "same": same}
+
+    def described(self, split: Split) -> dict[str, set[int]]:
+        """Per sentence, the videos of `split` it is a caption of."""
+        key = id(split)
+        if getattr(self, "_described", (None,))[0] != key:
+            of: dict[str, set[int]] = collections.defaultdict(set)
+            for sentence, video in zip(split.sentences, split.text_video):
+                of[sentence].add(video)
+            self._described = (key, of)
+        return self._described[1]
 
     def describe(self, samples: Sequence[Any]) -> str:
         return f"{len(samples)} samples, first {samples[0]!r}"
@@ -181,7 +195,7 @@ class MemBridgeTask(Task):
             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         sent = torch.from_numpy(np.stack([self.loaded.texts.sentence[split.sentences[i]] for i in rows]))
         dual = dual_similarity(b["frames"], b["mask"], sent.to(self.device))
-        same = b["video"][:, None] == b["video"][None, :]
+        same = b["same"] | (b["video"][:, None] == b["video"][None, :])
         return model.vtm_loss(b["frames"], b["mask"], b["ids"], b["len"], dual, same, self.config.hard_temp,
                               generator)
 
@@ -275,8 +289,9 @@ class RerankTask(MemBridgeTask):
     @torch.no_grad()
     def similarity(self, model: MemBridgeModel, split: str) -> np.ndarray:
         """Texts × videos: the dual encoder's cosine, with every candidate pair (a text's top `rerank_top`
-        videos and a video's top `rerank_top` texts; all pairs when 0) replaced by its match log-odds, shifted
-        above every non-candidate."""
+        videos and a video's top `rerank_top` texts; all pairs when 0) re-scored as match log-odds +
+        rerank_dual × cosine (BLIP's re-ranking adds the two; 0: the matching head alone), shifted above every
+        non-candidate."""
         s = self.split(split)
         dual = self.dual(s).cpu().numpy().astype(np.float64)
         k = self.config.rerank_top
@@ -299,7 +314,9 @@ class RerankTask(MemBridgeTask):
             scores[a: a + len(p)] = (logits[:, 1] - logits[:, 0]).double().cpu().numpy()
         model.train(was)
         sim = dual.copy()
-        sim[cand] = scores - scores.min() + 2.0 if len(scores) else scores
+        if len(scores):
+            scores = scores + self.config.rerank_dual * dual[cand]
+            sim[cand] = scores - scores.min() + 2.0
         return sim
 
     def validate(self, model, epoch: int):
