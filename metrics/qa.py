@@ -3,7 +3,7 @@ exact answer matches, overall and per question type when the questions carry one
 
 A question whose true answer is outside the closed set still counts (it can only be wrong), as ClipBERT
 counts it. `python -m metrics.qa predictions.json qa.jsonl` scores a saved prediction file
-(`[{"question_id", "answer"}]`) against the manifest's QA table (`qa_id`, `split`, `answer`) for the ids it holds.
+(`[{"question_id", "answer"}]`) against the manifest's QA table (`qa_id`, `answer`) for the ids it holds.
 """
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ import torch
 from metrics.qa import qa_metrics
 from models.membridge.config import MemBridgeConfig
 from models.membridge.data import Words, distinct_video_batches
-from models.membridge.model import BOS, EOS, MASK, PAD, SPECIAL, MemBridgeModel, fusion_mask, hard_negatives, \
-    mlm_positions
+from models.membridge.model import (BOS, EOS, MASK, PAD, SPECIAL, MemBridgeModel, fusion_mask, hard_negatives,
+                                    mlm_positions)
 from models.membridge.task import Loaded, make_task
 from models.retrieval.data import StoredFrames, StoredTexts
 from vidmem.manifest import QA, Caption, Manifest, Video
@@ -47,7 +47,7 @@ def toy_batch(b: int = 3, frames: int = 4, words: int = 5, seed: int = 0):
     return x, mask, ids, lens
 
 
-# ---------------------------------------------------------------------------------------------------- mask
+# ------------------------------------------------------------------------------------------------------ mask
 def test_mask_who_sees_whom():
     f, k, t = 3, 2, 4
     frame_mask = torch.tensor([[1.0, 1.0, 0.0]])
@@ -68,7 +68,8 @@ def test_mask_who_sees_whom():
     for i in br:                                            # bridges see the prefix only
         assert causal[i, tx[:2]].all() and not causal[i, tx[2:]].any()
 
-    base = fusion_mask(frame_mask, torch.tensor([4]), t, k, prefix=torch.tensor([2]), causal=True, bridge=False)[0]
+    base = fusion_mask(frame_mask, torch.tensor([4]), t, k, prefix=torch.tensor([2]), causal=True,
+                       bridge=False)[0]
     assert base.shape == (f + 1 + t, f + 1 + t)             # no bridge positions
     bt = list(range(f + 1, f + 1 + t))
     for i in range(f + 1):                                  # baseline: video sees video + the text prefix
@@ -98,7 +99,7 @@ def test_video_tokens_see_the_text_only_through_the_bridges():
     assert m.text.embed.weight.grad is None or m.text.embed.weight.grad.abs().max() == 0
 
 
-# ---------------------------------------------------------------------------------------------------- bridges
+# --------------------------------------------------------------------------------------------------- bridges
 def test_bridges_read_the_memory_and_gradients_reach_the_slots():
     m = toy_model(bridge=True)
     q = torch.randn(5, E + 16)
@@ -135,12 +136,13 @@ def test_baseline_has_no_memory():
 
 # ---------------------------------------------------------------------------------------------------- losses
 def test_hard_negatives_skip_the_same_video_and_follow_the_similarities():
-    dual = torch.tensor([[0.9, 0.8, 0.1, 0.0], [0.8, 0.9, 0.0, 0.1], [0.0, 0.1, 0.9, 0.7], [0.3, 0.0, 0.8, 0.9]])
+    dual = torch.tensor([[0.9, 0.8, 0.1, 0.0], [0.8, 0.9, 0.0, 0.1],
+                         [0.0, 0.1, 0.9, 0.7], [0.3, 0.0, 0.8, 0.9]])
     videos = torch.tensor([0, 0, 1, 2])                 # texts 0 and 1 describe the same video
     same = videos[:, None] == videos[None, :]
     nv, nt = hard_negatives(dual, same, 1e-3, torch.Generator().manual_seed(0))
     assert nv.tolist() == [2, 3, 3, 2]                  # the most similar other video, never its own
-    assert nt.tolist() == [3, 2, 3, 2]                  # for each pair's video the most similar other-video text
+    assert nt.tolist() == [3, 2, 3, 2]                  # per pair's video: the most similar other-video text
     with pytest.raises(ValueError, match="two distinct videos"):
         hard_negatives(dual[:2, :2], torch.ones(2, 2, dtype=torch.bool), 0.1)
 
@@ -152,8 +154,11 @@ def test_vtm_loss_is_the_two_way_cross_entropy_of_positives_and_drawn_negatives(
     loss, acc = m.vtm_loss(x, mask, ids, lens, dual, same, 0.1, torch.Generator().manual_seed(3))
     nv, nt = hard_negatives(dual, same, 0.1, torch.Generator().manual_seed(3))
     logits = []
-    for v, t in [(i, i) for i in range(3)] + [(int(nv[i]), i) for i in range(3)] + [(i, int(nt[i])) for i in range(3)]:
-        logits.append(m.match_logits(m.fuse(x[v:v + 1], mask[v:v + 1], ids[t:t + 1], lens[t:t + 1]), lens[t:t + 1]))
+    pairs = [(i, i) for i in range(3)] + [(int(nv[i]), i) for i in range(3)]
+    pairs += [(i, int(nt[i])) for i in range(3)]
+    for v, t in pairs:
+        fused = m.fuse(x[v:v + 1], mask[v:v + 1], ids[t:t + 1], lens[t:t + 1])
+        logits.append(m.match_logits(fused, lens[t:t + 1]))
     target = torch.tensor([1, 1, 1, 0, 0, 0, 0, 0, 0])
     manual = torch.nn.functional.cross_entropy(torch.cat(logits), target)
     assert torch.allclose(loss, manual, atol=1e-5)
@@ -196,7 +201,7 @@ def test_prefix_lm_predicts_from_the_past_only(bridge):
             target.append(ids[i, j + 1])
     manual = torch.nn.functional.cross_entropy(torch.stack(logits), torch.stack(target))
     assert torch.allclose(loss, manual, atol=1e-6)
-    # the output at position j never depends on words after j (nor, through bridges or video, after the prefix)
+    # the output at position j never depends on later words (nor, via bridges or video, on the non-prefix)
     later = ids.clone()
     later[0, 4:6] = torch.tensor([SPECIAL + 9, SPECIAL + 8])
     again = m.fuse(x, mask, later, lens, prefix=prefix, causal=True)
@@ -204,7 +209,7 @@ def test_prefix_lm_predicts_from_the_past_only(bridge):
     assert not torch.allclose(again.text[0, 4:6], fused.text[0, 4:6])
 
 
-# ---------------------------------------------------------------------------------------------------- decoding
+# -------------------------------------------------------------------------------------------------- decoding
 class _TableLM(MemBridgeModel):
     """Next-word probabilities from a table keyed by the prefix: greedy and beam search disagree on it."""
 
@@ -239,7 +244,7 @@ def test_beam_search_on_a_tiny_model_is_bounded_and_repeatable():
     assert all(len(s) <= 5 and all(w >= SPECIAL for w in s) for s in g)
 
 
-# ---------------------------------------------------------------------------------------------------- QA metric
+# ------------------------------------------------------------------------------------------------- QA metric
 def test_qa_accuracy_overall_and_per_type():
     truth = {"q1": "red", "q2": "two", "q3": "star", "q4": "blue"}
     pred = {"q1": "red", "q2": "one", "q3": "star", "q4": "red"}
@@ -252,7 +257,7 @@ def test_qa_accuracy_overall_and_per_type():
         qa_metrics({"q1": "red"}, truth)
 
 
-# ---------------------------------------------------------------------------------------------------- tasks
+# ----------------------------------------------------------------------------------------------------- tasks
 COLOURS = ["red", "blue", "green", "yellow"]
 SHAPES = ["circle", "square"]
 
@@ -274,7 +279,8 @@ def toy_data(seed: int = 0):
                 tokens[text], n[text] = np.zeros((1, 4), np.float32), 1
             qa.append(QA(f"{vid}/q", vid, split, f"what colour is the {s}?", c))
     words = sorted({w for cap in captions for w in cap.sentence.split()}) + ["<unk>"]
-    vocab = {"word_to_ix": {w: i for i, w in enumerate(words, 1)}, "ix_to_word": {str(i): w for i, w in enumerate(words, 1)}}
+    vocab = {"word_to_ix": {w: i for i, w in enumerate(words, 1)},
+             "ix_to_word": {str(i): w for i, w in enumerate(words, 1)}}
     manifest = Manifest(videos=videos, captions=captions, qa=qa, vocab=vocab)
     loaded = Loaded(StoredFrames.from_arrays(frames, 4), StoredTexts.from_arrays(tokens, sent, n))
     return manifest, loaded
@@ -337,8 +343,9 @@ def test_tasks_train_predict_and_score(tmp_path):
     answers = qa.predict(model, "test")
     assert set(answers) == {f"test{k}/q" for k in range(6)} and set(answers.values()) <= set(COLOURS)
     acc = qa.evaluate(answers, "test")["accuracy"]
-    top = qa.evaluate(toy_task("top", tmp_path, baseline="top_answer", task="qa").predict(None, "test"), "test")
-    assert acc > top["accuracy"]                       # the colour is in the frames: above the most frequent answer
+    floor = toy_task("top", tmp_path, baseline="top_answer", task="qa")
+    top = qa.evaluate(floor.predict(None, "test"), "test")
+    assert acc > top["accuracy"]                       # the colour is in the frames: above the top answer
 
     cap = toy_task("cap", tmp_path, task="caption", init=init, beam_size=2)
     model = fit(cap, tmp_path / "cap", progress=False).model

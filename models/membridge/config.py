@@ -38,9 +38,10 @@ class MemBridgeConfig:
     # downstream
     rerank_top: int = bounded(10, lo=0)           # retrieval: candidates re-scored per query (0: all)
     rerank_dual: float = bounded(1.0, lo=0)       # + this × the dual cosine in a candidate's score (BLIP: 1)
-    beam_size: int = bounded(3, lo=1)             # captioning: the beam of the beam search (greedy is also scored)
+    beam_size: int = bounded(3, lo=1)             # captioning: the beam width (greedy is scored too)
     length_penalty: float = bounded(1.0, lo=0)    # beam: rank hypotheses by log p / length^length_penalty
 
     def check(self, where: str) -> None:
         if self.width % self.heads:
-            raise UserError(f"params.yaml {where}.width: {self.width} is not a multiple of heads ({self.heads})")
+            raise UserError(f"params.yaml {where}.width: {self.width} is not a multiple of heads "
+                            f"({self.heads})")

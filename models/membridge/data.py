@@ -91,7 +91,7 @@ def distinct_video_batches(by_video: Sequence[Sequence[int]], batch_size: int, r
 
 
 def dual_similarity(frames: torch.Tensor, mask: torch.Tensor, sentences: torch.Tensor) -> torch.Tensor:
-    """meanP cosine [texts, videos] from frame features [V, F, E] (mask [V, F]) and sentence vectors [T, E]."""
+    """meanP cosine [texts, videos] of frame features [V, F, E] (mask [V, F]) and sentence vectors [T, E]."""
     m = mask.float()[..., None]
     mean = (frames.float() * m).sum(1) / m.sum(1).clamp(min=1)
     return F.normalize(sentences.float(), dim=-1) @ F.normalize(mean, dim=-1).t()

@@ -28,8 +28,8 @@ SPECIAL = 4
 
 
 # ---------------------------------------------------------------------------------------------------- masks
-def fusion_mask(frame_mask: Tensor, text_len: Tensor, text_max: int, bridges: int, prefix: Tensor | None = None,
-                causal: bool = False, bridge: bool = True) -> Tensor:
+def fusion_mask(frame_mask: Tensor, text_len: Tensor, text_max: int, bridges: int,
+                prefix: Tensor | None = None, causal: bool = False, bridge: bool = True) -> Tensor:
     """Who may attend to whom: bool [B, L, L] (True: allowed) over [frames][video mean][bridges][text].
 
     frame_mask [B, F] marks real frames; text_len [B] real text tokens (BOS..EOS); prefix [B] the text tokens
@@ -93,7 +93,8 @@ class TextEncoder(nn.Module):
     """Word embeddings + positions through causal blocks: token i summarises words 0..i, so the output at a
     prefix's last token is that prefix's "text end token" (the role of CLIP's EOT)."""
 
-    def __init__(self, vocab: int, width: int, heads: int, ffn: int, layers: int, max_len: int, dropout: float):
+    def __init__(self, vocab: int, width: int, heads: int, ffn: int, layers: int, max_len: int,
+                 dropout: float):
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
         self.pos = nn.Parameter(torch.randn(max_len, width) * 0.01)
@@ -104,7 +105,8 @@ class TextEncoder(nn.Module):
     def forward(self, ids: Tensor) -> Tensor:
         n = ids.shape[1]
         x = self.embed(ids) + self.pos[:n]
-        causal = torch.tril(torch.ones(n, n, dtype=torch.bool, device=ids.device))[None].expand(ids.shape[0], -1, -1)
+        causal = torch.tril(torch.ones(n, n, dtype=torch.bool, device=ids.device))
+        causal = causal[None].expand(ids.shape[0], -1, -1)
         for blk in self.blocks:
             x = blk(x, causal)
         return self.ln(x)
@@ -159,8 +161,8 @@ class MemBridgeModel(nn.Module):
         self.qa = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, answers)) if answers else None
 
     # -------------------------------------------------------------------------------- encoder
-    def fuse(self, frames: Tensor, frame_mask: Tensor, ids: Tensor, text_len: Tensor, prefix: Tensor | None = None,
-             causal: bool = False, masked: Tensor | None = None) -> Fused:
+    def fuse(self, frames: Tensor, frame_mask: Tensor, ids: Tensor, text_len: Tensor,
+             prefix: Tensor | None = None, causal: bool = False, masked: Tensor | None = None) -> Fused:
         """frames [B, F, E] (F ≤ max_frames), frame_mask [B, F], ids [B, T] (T ≤ max_words + 2), text_len [B];
         prefix [B]: the text the bridges (or, baseline, the video) see; masked [B, T]: MLM positions (the text
         encoder reads MASK there and the fusion input is a zero vector)."""
@@ -209,10 +211,11 @@ class MemBridgeModel(nn.Module):
 
     # -------------------------------------------------------------------------------- losses
     def vtm_loss(self, frames: Tensor, frame_mask: Tensor, ids: Tensor, text_len: Tensor, dual: Tensor,
-                 same: Tensor, temp: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                 same: Tensor, temp: float,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Video-text matching, one hard negative per direction: for text i a video drawn from
-        softmax(dual[i] / temp) and for video j a text drawn from softmax(dual[:, j] / temp), with the pairs of
-        the same video (`same` [B, B], the diagonal included) left out. → (loss, accuracy)."""
+        softmax(dual[i] / temp) and for video j a text drawn from softmax(dual[:, j] / temp), with the pairs
+        of the same video (`same` [B, B], the diagonal included) left out. → (loss, accuracy)."""
         neg_video, neg_text = hard_negatives(dual, same, temp, generator)
         n = ids.shape[0]
         rows = torch.arange(n, device=ids.device)
@@ -234,7 +237,8 @@ class MemBridgeModel(nn.Module):
         return F.cross_entropy(logits, target), (logits.argmax(-1) == target).float().mean()
 
     def plm_loss(self, frames: Tensor, frame_mask: Tensor, ids: Tensor, text_len: Tensor,
-                 prefix: Tensor | None = None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                 prefix: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Prefix language modelling: a random prefix length p ∈ [1, n−1] per sentence (BOS is the shortest
         prefix); causal text, the bridges see the prefix only; next-token cross-entropy at positions p−1..n−2
         (the words after the prefix and EOS). → (loss, accuracy)."""
@@ -250,7 +254,7 @@ class MemBridgeModel(nn.Module):
 
     # -------------------------------------------------------------------------------- decoding
     def _next_logp(self, frames: Tensor, frame_mask: Tensor, seqs: Tensor) -> Tensor:
-        """log p(next word | video, seqs) [N, V]: the bridges are regenerated from the whole current prefix."""
+        """log p(next word | video, seqs) [N, V]; the bridges are regenerated from the whole prefix."""
         n, t = seqs.shape
         length = torch.full((n,), t, dtype=torch.long, device=seqs.device)
         fused = self.fuse(frames, frame_mask, seqs, length, prefix=length, causal=True)
@@ -335,7 +339,8 @@ def hard_negatives(dual: Tensor, same: Tensor, temp: float,
     return neg_video.to(dual.device), neg_text.to(dual.device)
 
 
-def mlm_positions(ids: Tensor, text_len: Tensor, prob: float, generator: torch.Generator | None = None) -> Tensor:
+def mlm_positions(ids: Tensor, text_len: Tensor, prob: float,
+                  generator: torch.Generator | None = None) -> Tensor:
     """Bernoulli(prob) over the word positions 1..n−2 of each sentence, at least one per sentence [B, T]."""
     b, t = ids.shape
     pos = torch.arange(t, device=ids.device)[None]

@@ -107,7 +107,8 @@ class MemBridgeTask(Task):
 
     def questions(self, split: str) -> list[QA]:
         available = self._available()
-        return [q for q in self.manifest.qa if q.split == split and (available is None or q.video_id in available)]
+        return [q for q in self.manifest.qa
+                if q.split == split and (available is None or q.video_id in available)]
 
     @property
     def loaded(self) -> Loaded:
@@ -210,7 +211,7 @@ class MemBridgeTask(Task):
         return n
 
 
-# ---------------------------------------------------------------------------------------------------- pretrain
+# -------------------------------------------------------------------------------------------------- pretrain
 class PretrainTask(MemBridgeTask):
     def batches(self, ctx: EpochContext):
         return self.caption_batches(ctx)
@@ -269,7 +270,7 @@ class PretrainTask(MemBridgeTask):
         return dict(predictions["losses"])
 
 
-# ---------------------------------------------------------------------------------------------------- retrieval
+# ------------------------------------------------------------------------------------------------- retrieval
 class RerankTask(MemBridgeTask):
     """Dual-encoder candidates re-scored by the matching head."""
 
@@ -354,7 +355,8 @@ class DualBaseline(RerankTask):
 
     def predict(self, model, split: str):
         s = self.split(split)
-        return {"sim": self.dual(s).cpu().numpy().astype(np.float64), "rows": s.row_ids(), "cols": list(s.videos)}
+        sim = self.dual(s).cpu().numpy().astype(np.float64)
+        return {"sim": sim, "rows": s.row_ids(), "cols": list(s.videos)}
 
 
 class ChanceBaseline(RerankTask):
@@ -367,7 +369,7 @@ class ChanceBaseline(RerankTask):
         return RetrievalChance.evaluate(self, predictions, split)
 
 
-# ---------------------------------------------------------------------------------------------------- captions
+# -------------------------------------------------------------------------------------------------- captions
 class CaptionTask(MemBridgeTask):
     """Prefix-LM captioning of a whole video."""
 
@@ -412,7 +414,8 @@ class CaptionTask(MemBridgeTask):
 
     def predict(self, model, split: str):
         videos = list(self.references(split))
-        return {"beam": self.decode(model, videos, beam=True), "greedy": self.decode(model, videos, beam=False)}
+        return {"beam": self.decode(model, videos, beam=True),
+                "greedy": self.decode(model, videos, beam=False)}
 
     def write_predictions(self, predictions, path: Path) -> Path:
         """<path>.json (beam search) and <path>.greedy.json, each [{"video_id", "caption"}]."""
@@ -432,7 +435,8 @@ class CaptionTask(MemBridgeTask):
         both = tokenize_captions({**{("ref", v): r for v, r in refs.items()},
                                   **{(k, v): [predictions[k][v]] for k in kinds for v in refs}})
         r = {v: both[("ref", v)] for v in refs}
-        scores = score_corpora([(r, {v: both[(k, v)][0] for v in refs}) for k in kinds], source=f"{split} captions")
+        scores = score_corpora([(r, {v: both[(k, v)][0] for v in refs}) for k in kinds],
+                               source=f"{split} captions")
         out: dict[str, Any] = {k: sc.corpus for k, sc in zip(kinds, scores)}
         out.update(videos=len(refs), beam_size=self.config.beam_size)
         return out
@@ -449,7 +453,7 @@ class TopCaptionBaseline(CaptionTask):
         return {"beam": {v: top for v in self.references(split)}}
 
 
-# ---------------------------------------------------------------------------------------------------- QA
+# -------------------------------------------------------------------------------------------------------- QA
 class QATask(MemBridgeTask):
     """Answer classification over the closed answer set."""
 
