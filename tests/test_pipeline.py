@@ -26,6 +26,13 @@ TINY_DENSE = {"hidden": 32, "heads": 2, "ffn_dim": 64, "norm_groups": 8, "num_qu
               "lr": 1.0e-3, "batch_size": 2, "epochs": 1, "select_by": "meteor_soda"}
 
 
+TINY_MEMBRIDGE = {"epochs": 1, "batch_size": 4, "width": 16, "heads": 2, "ffn": 32, "layers": 1, "memory_slots": 8,
+                  "bridges": 2, "max_frames": 4, "max_words": 8, "beam_size": 2, "rerank_top": 1}
+MEMBRIDGE_MODELS = ("membridge_pre", "membridge_pre_base", "membridge_ret", "membridge_ret_base", "membridge_cap",
+                    "membridge_cap_base", "membridge_qa", "membridge_qa_base")
+MEMBRIDGE_FLOORS = ("membridge_chance", "membridge_dual", "membridge_top_caption", "membridge_top_answer")
+
+
 TINY_RECAP = {"epochs": 2, "batch_size": 8, "hidden": 32, "heads": 2, "video_queries": 4, "text_queries": 4,
               "segment_feats": 4, "video_feats": 8, "clip_words": 10, "segment_words": 16, "video_words": 20,
               "segment_sec": 12}
@@ -44,6 +51,9 @@ def tiny_params(params: dict) -> dict:
     params["train"]["cm2"].update(window=4, soft_k=3)
     params["families"]["retrieval"].update(epochs=2, batch_size=4, max_frames=4, em_bases=4, em_iters=2, heads=2)
     params["families"]["recap"].update(TINY_RECAP)
+    params["families"]["membridge"].update(TINY_MEMBRIDGE)
+    for name in MEMBRIDGE_MODELS:
+        params["train"][name]["epochs"] = 1
     params["families"]["grounding"].update(epochs=1, batch_size=4, pre_clips=16, num_clips=8, pooling_counts=[7],
                                            hidden=16, heads=2, ffn_dim=32, conv_hidden=16, kernel=3,
                                            conv_layers=1)
@@ -87,7 +97,7 @@ def test_every_stage_ran(project):
             "bank", "train@pdvc", "train@cm2", "evaluate@pdvc", "evaluate@cm2", "evaluate@dense_trivial",
             "train@meanp", "train@emcl", "evaluate@retrieval", *RECAP_STAGES,
             "extract@audio", "train@mmn", "train@mrnet", "train@mrnet_speech", "evaluate@grounding",
-            "report"} <= set(stages)
+            *(f"train@{m}" for m in MEMBRIDGE_MODELS), "evaluate@membridge", "report"} <= set(stages)
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert set(stages) <= set(lock)
     for name in ("synth", "ingest", "compress", "clip", "features_clip", "bank", "pdvc", "cm2", "dense_trivial",
@@ -114,6 +124,19 @@ def test_every_stage_ran(project):
     assert {"clip/CIDEr", "segment/CIDEr", "video/CIDEr", "video/rougeLsum"} <= set(recap["recapu"])
     for level, name in (("clip", "clips_train.pkl"), ("segment", "segments_val.pkl"), ("video", "videos_test.json")):
         assert (project / "data" / "captions" / level / name).is_file()
+    membridge = json.loads((project / "metrics" / "membridge.json").read_text())
+    membridge.pop("toolchain")
+    assert set(membridge) == {*MEMBRIDGE_MODELS, *MEMBRIDGE_FLOORS}
+    assert {"vtm", "mlm", "plm"} <= set(membridge["membridge_pre"])
+    assert {"t2v", "v2t", "chance_R1"} <= set(membridge["membridge_ret"]) and "t2v" in membridge["membridge_ret_base"]
+    assert {"CIDEr", "METEOR", "Bleu_4", "ROUGE_L"} <= set(membridge["membridge_cap"]["beam"])
+    assert "greedy" in membridge["membridge_cap_base"] and "accuracy" in membridge["membridge_qa"]
+    preds = project / "data" / "predictions" / "membridge"
+    caption = json.loads((preds / "membridge_cap.json").read_text())
+    assert caption and set(caption[0]) == {"video_id", "caption"}
+    answers = json.loads((preds / "membridge_qa.json").read_text())
+    assert answers and set(answers[0]) == {"question_id", "answer"}
+    assert all((preds / f"membridge_ret.{ext}").is_file() for ext in ("npy", "rows.json", "cols.json"))
 
 
 def test_recap_curriculum_reruns_only_downstream(project):

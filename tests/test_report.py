@@ -19,7 +19,7 @@ import pytest
 from tests.media import lavfi_video
 from vidmem.manifest import Event, HierarchyText, Manifest, Query, Video
 from vidmem.report import browser
-from vidmem.report.families import FAMILIES, NOT_COMPUTED, headlines, load_tables
+from vidmem.report.families import FAMILIES, NOT_COMPUTED, Family, headlines, load_tables
 from vidmem.report.headline import table as headline_table
 from vidmem.report.page import ReportData, render
 from vidmem.report.svg import Series, Span, Track, line_chart, timeline
@@ -60,7 +60,7 @@ def test_absent_families_read_not_computed(tmp_path):
     assert dense.computed and not dense.missing
     assert dense.row("cm2").values["METEOR"] == pytest.approx(4.70)  # ×100, as the papers print it
     assert [r.role for r in dense.rows] == ["method", "baseline", "floor"]
-    for key in ("retrieval", "grounding", "recap", "clip", "membridge"):
+    for key in ("retrieval", "grounding", "recap", "clip", "membridge_ret"):
         assert not tables[key].computed and tables[key].missing, key
     html = render(ReportData("t", list(tables.values())))
     section = html[html.index('id="family-grounding"') : html.index('id="family-recap"')]
@@ -77,7 +77,7 @@ def test_headline_table_marks_missing_families(tmp_path):
     assert rows["dense"].method_value == pytest.approx(4.70) and rows[
         "dense"
     ].baseline_value == pytest.approx(4.63)
-    assert rows["retrieval"].status == NOT_COMPUTED and rows["membridge"].status == NOT_COMPUTED
+    assert rows["retrieval"].status == NOT_COMPUTED and rows["membridge_qa"].status == NOT_COMPUTED
     assert "bank" not in rows  # no baseline: not a headline row
     text = headline_table(metrics)
     assert re.search(r"dense\s+METEOR\s+CM2.*4\.70\s+PDVC\s+4\.63\s+\+0\.07", text), text
@@ -102,20 +102,38 @@ def test_rows_read_their_own_keys(tmp_path):
 
 
 def test_a_family_file_with_unlisted_rows_is_shown_whole(tmp_path):
-    """The MemBridge hook: its file's rows and numbers appear before its table is declared."""
+    """A new family's hook: its file's rows and numbers appear before its table is declared."""
     metrics = write_metrics(
         tmp_path,
-        membridge={
-            "membridge_ret": {"t2v": {"R1": 12.5}, "acc": 0.25},
-            "membridge_ret_base": {"t2v": {"R1": 10.0}},
+        newfam={
+            "newfam_a": {"t2v": {"R1": 12.5}, "acc": 0.25},
+            "newfam_b": {"t2v": {"R1": 10.0}},
             "toolchain": {},
         },
     )
-    t = next(t for t in load_tables(metrics) if t.family.key == "membridge")
-    assert t.computed and [r.name for r in t.rows] == ["membridge_ret", "membridge_ret_base"]
-    assert t.row("membridge_ret").values == {"t2v/R1": 12.5, "acc": 0.25}
-    assert t.row("membridge_ret_base").values["acc"] is None
+    undeclared = Family("newfam", "a family being written", ("newfam",))
+    t = next(t for t in load_tables(metrics, (undeclared,)) if t.family.key == "newfam")
+    assert t.computed and [r.name for r in t.rows] == ["newfam_a", "newfam_b"]
+    assert t.row("newfam_a").values == {"t2v/R1": 12.5, "acc": 0.25}
+    assert t.row("newfam_b").values["acc"] is None
     assert "12.500" in render(ReportData("t", [t]))
+
+
+def test_membridge_tables_read_one_file_per_task(tmp_path):
+    metrics = write_metrics(
+        tmp_path,
+        membridge={
+            "membridge_ret": {"t2v": {"R1": 12.5}}, "membridge_ret_base": {"t2v": {"R1": 10.0}},
+            "membridge_cap": {"beam": {"CIDEr": 0.5}, "greedy": {"CIDEr": 0.4}},
+            "membridge_cap_base": {"beam": {"CIDEr": 0.7}},
+            "membridge_qa": {"accuracy": 20.0}, "membridge_qa_base": {"accuracy": 19.0},
+            "toolchain": {},
+        },
+    )
+    t = {t.family.key: t for t in load_tables(metrics)}
+    assert t["membridge_ret"].row("membridge_ret").values["t2v/R1"] == pytest.approx(12.5)
+    assert t["membridge_cap"].row("membridge_cap").values["CIDEr"] == pytest.approx(50.0)  # beam, ×100
+    assert t["membridge_qa"].row("membridge_qa_base").values["accuracy"] == pytest.approx(19.0)
 
 
 def test_bad_metrics_json_names_the_file(tmp_path):

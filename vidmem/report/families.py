@@ -193,9 +193,48 @@ FAMILIES: tuple[Family, ...] = (
         ),
         in_summary=False,
     ),
-    # MemBridge (issue 13): its evaluate stage writes metrics/membridge.json, one row per model and baseline;
-    # the table shows every row and number of that file until its rows, columns and headline are listed here.
-    Family("membridge", "Video-language pre-training: MemBridge vs full attention", ("membridge",)),
+    # MemBridge: one metrics file (metrics/membridge.json), a table per downstream task.
+    Family(
+        "membridge_ret",
+        "MemBridge retrieval: re-ranking the dual encoder's top 10 (bridges vs full attention)",
+        ("membridge",),
+        (
+            Row("membridge_ret", "MemBridge (bridge tokens)", "method", "membridge"),
+            Row("membridge_ret_base", "full attention, no bridge", "baseline", "membridge"),
+            Row("membridge_dual", "dual encoder alone", "variant", "membridge"),
+            Row("membridge_chance", "chance", "floor", "membridge"),
+        ),
+        _RET_COLS,
+        Headline("t2v/R1", "membridge_ret", "membridge_ret_base", "re-rank t2v R@1"),
+        "Recall in %, ranks: lower is better.",
+    ),
+    Family(
+        "membridge_cap",
+        "MemBridge captioning: prefix-LM beam search (bridges vs full attention)",
+        ("membridge",),
+        (
+            Row("membridge_cap", "MemBridge (bridge tokens)", "method", "membridge", "membridge_cap/beam"),
+            Row("membridge_cap_base", "full attention, no bridge", "baseline", "membridge", "membridge_cap_base/beam"),
+            Row("membridge_top_caption", "top train caption", "floor", "membridge", "membridge_top_caption/beam"),
+        ),
+        tuple(Column(k, lab) for k, lab in (("CIDEr", "CIDEr"), ("METEOR", "METEOR"), ("Bleu_4", "BLEU-4"),
+                                            ("ROUGE_L", "ROUGE-L"))),
+        Headline("CIDEr", "membridge_cap", "membridge_cap_base", "caption CIDEr"),
+        "×100, one video caption per test video (beam search).",
+    ),
+    Family(
+        "membridge_qa",
+        "MemBridge QA: answer classification over the closed answer set",
+        ("membridge",),
+        (
+            Row("membridge_qa", "MemBridge (bridge tokens)", "method", "membridge"),
+            Row("membridge_qa_base", "full attention, no bridge", "baseline", "membridge"),
+            Row("membridge_top_answer", "most frequent answer", "floor", "membridge"),
+        ),
+        (Column("accuracy", "accuracy", 1),),
+        Headline("accuracy", "membridge_qa", "membridge_qa_base", "QA accuracy"),
+        "Accuracy in %.",
+    ),
 )
 
 # The papers' numbers, for scale (different data, features and model sizes: not a comparison). Sources are the
