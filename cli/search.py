@@ -136,10 +136,10 @@ def run(args) -> int:
     if not catalog.videos:
         raise UserError(f"{index}: the index has no videos; add some with `vidmem index FOLDER --out {index}`")
     project = Project.open(args.project, overrides=vars(args))
+    for key in ("emcl", "mrnet") if args.audio is None else ("mrnet_speech",):
+        project.require(key)
     params = project.extract_params(project.clip_checkpoint())
     if args.audio is None:
-        project.require("emcl")
-        project.require("mrnet")
         root = encoder_root(index, project, catalog)
         text = text_features(project, root, params, args.sentence)
         ranked = rank_videos(project, index, catalog, args.sentence, text)[: args.top]
@@ -151,7 +151,6 @@ def run(args) -> int:
     else:
         from models.encoders.extract import build_extractor
 
-        project.require("mrnet_speech")
         wav = Path(args.audio)
         extractor, _ = build_extractor("audio", params, project.root)
         mel = speech_features(extractor, wav)
