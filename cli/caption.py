@@ -6,14 +6,17 @@ Per run, in OUT (default ./vidmem-captions):
     hierarchy.json    Ego4D-HCap-style levels of the long videos: clips (vid, start, end, caption),
                       segments ({vid, start_sec, end_sec, segment_description, captions_pred}), videos
                       ({vid, start_sec, end_sec, video_summary, segment_descriptions_pred})
-    videos.json       video id → source file and duration, and every file that failed with its reason
+    videos.json       video id → source file and duration, every file that failed with its reason, and the
+                      wall time of each step (compress, extract_clip, extract_lavila, dense, hierarchy)
     index.html        one self-contained page: a timeline of each video's events, its hierarchy
     index/            the work index (cli.index): a rerun on the same files reuses its compressed videos and
                       features and processes only new or changed files
 """
+
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,9 @@ LEVEL_OF = {"recap_clip": "clip", "recap_segment": "segment", "recap_video": "vi
 DEFAULT_HIERARCHY_FROM = 180.0  # s: the ReCap hierarchy for videos of at least 3 minutes
 
 
-def dense_captions(project: Project, index: Path, catalog, vids: list[str]) -> dict[str, list[dict[str, Any]]]:
+def dense_captions(
+    project: Project, index: Path, catalog, vids: list[str]
+) -> dict[str, list[dict[str, Any]]]:
     """CM2's predictions for `vids` through the dense task's own predict (the evaluate stage's path)."""
     from models.dense.data import DenseCaptionDataset, VideoAnnotation
     from vidmem.bank import load_bank
@@ -43,8 +48,14 @@ def dense_captions(project: Project, index: Path, catalog, vids: list[str]) -> d
     task, ckpt = project.task("cm2")
     bank = load_bank(project.bank_path()).to(task.device) if task.config.retrieval else None
     feats = IndexedFeatures(index, catalog, "clip")
-    ds = DenseCaptionDataset([VideoAnnotation(v, float(catalog.videos[v]["duration"])) for v in vids], feats, vocab,
-                             task.config.max_words, task.config.resample_len, where="vidmem caption")
+    ds = DenseCaptionDataset(
+        [VideoAnnotation(v, float(catalog.videos[v]["duration"])) for v in vids],
+        feats,
+        vocab,
+        task.config.max_words,
+        task.config.resample_len,
+        where="vidmem caption",
+    )
     task = with_data(task, datasets={"own": ds}, bank=bank)
     model = task.restore(ckpt)
     results = task.predict(model, "own")
@@ -71,10 +82,18 @@ def hierarchy(project: Project, index: Path, catalog, vids: list[str]) -> dict[s
         levels.append((key, task, ckpt))
     models: dict[str, Any] = {}
     for vid in bar(vids, desc="hierarchy", unit="video"):
-        data = RecapData({vid: ("own", float(catalog.videos[vid]["duration"]))}, [],
-                         {vid: (np.asarray(lavila.get(vid), np.float32),
-                                np.asarray(lavila.get(vid, "times"), np.float64))}, vocab,
-                         {vid: (np.asarray(clip.get(vid), np.float32), np.asarray(clip.get(vid, "times"), np.float64))})
+        data = RecapData(
+            {vid: ("own", float(catalog.videos[vid]["duration"]))},
+            [],
+            {
+                vid: (
+                    np.asarray(lavila.get(vid), np.float32),
+                    np.asarray(lavila.get(vid, "times"), np.float64),
+                )
+            },
+            vocab,
+            {vid: (np.asarray(clip.get(vid), np.float32), np.asarray(clip.get(vid, "times"), np.float64))},
+        )
         lower: list = []
         for key, task, ckpt in levels:
             t = with_data(task, data=data)
@@ -82,9 +101,12 @@ def hierarchy(project: Project, index: Path, catalog, vids: list[str]) -> dict[s
                 models[key] = t.restore(ckpt)
             level = LEVEL_OF[key]
             caps = t.caption_videos(models[key], level, [vid], {vid: lower})[vid]
-            inputs = [[c for c in lower if s - 1e-6 <= c[0] < e - 1e-6] for s, e, _ in caps] if lower else None
+            inputs = (
+                [[c for c in lower if s - 1e-6 <= c[0] < e - 1e-6] for s, e, _ in caps] if lower else None
+            )
             out[{"clip": "clips", "segment": "segments", "video": "videos"}[level]] += [
-                list(e) if isinstance(e, tuple) else e for e in hcap_entries(level, vid, caps, inputs)]
+                list(e) if isinstance(e, tuple) else e for e in hcap_entries(level, vid, caps, inputs)
+            ]
             lower = caps
     return out
 
@@ -109,24 +131,44 @@ def run(args) -> int:
     catalog = res.catalog
     vids = list(catalog.videos)
     long_vids = [v for v in vids if "lavila" in catalog.videos[v]["stores"]]
+    seconds = dict(res.seconds)
+    t0 = time.perf_counter()
     results = dense_captions(project, index, catalog, vids) if vids else {}
+    seconds["dense"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
     levels = hierarchy(project, index, catalog, long_vids)
+    seconds["hierarchy"] = round(time.perf_counter() - t0, 3)
 
     from metrics.dense import write_predictions
 
-    write_predictions(out / "captions.json", results,
-                      external_data={"used": True, "details": "vidmem caption: CM2 on tuned-CLIP frame features"})
+    write_predictions(
+        out / "captions.json",
+        results,
+        external_data={"used": True, "details": "vidmem caption: CM2 on tuned-CLIP frame features"},
+    )
     write_json(out / "hierarchy.json", levels)
-    videos = {v: {"path": e["input"]["path"], "duration": e["duration"], "events": len(results.get(v, [])),
-                  "hierarchy": v in long_vids} for v, e in catalog.videos.items()}
-    write_json(out / "videos.json", {"videos": videos, "failed": res.failed})
+    videos = {
+        v: {
+            "path": e["input"]["path"],
+            "duration": e["duration"],
+            "events": len(results.get(v, [])),
+            "hierarchy": v in long_vids,
+        }
+        for v, e in catalog.videos.items()
+    }
+    write_json(out / "videos.json", {"videos": videos, "failed": res.failed, "seconds": seconds})
     write_text(out / "index.html", caption_page(videos, results, levels, res.failed))
     print(summary(videos, results, levels, res.failed, out))
     return 1 if not vids else 0
 
 
-def summary(videos: dict[str, dict], results: dict[str, list], levels: dict[str, list], failed: dict[str, str],
-            out: Path) -> str:
+def summary(
+    videos: dict[str, dict],
+    results: dict[str, list],
+    levels: dict[str, list],
+    failed: dict[str, str],
+    out: Path,
+) -> str:
     lines = [f"captioned {len(videos)} video(s)" + (f", {len(failed)} failed" if failed else "")]
     summaries = {e["vid"]: e["video_summary"] for e in levels.get("videos", [])}
     for vid, v in videos.items():
@@ -141,6 +183,8 @@ def summary(videos: dict[str, dict], results: dict[str, list], levels: dict[str,
     if failed:
         lines.append("\nnot captioned:")
         lines += list(describe_failures(failed))
-    lines.append(f"\nwrote {relative(out / 'captions.json')}, {relative(out / 'hierarchy.json')}, "
-                 f"{relative(out / 'index.html')}")
+    lines.append(
+        f"\nwrote {relative(out / 'captions.json')}, {relative(out / 'hierarchy.json')}, "
+        f"{relative(out / 'index.html')}"
+    )
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """An incremental index of a user's videos: the pipeline's compressed copies and zarr feature stores.
 
-    INDEX/index.json                   the catalog: every indexed video (source path, size, mtime, duration, which
-                                       batch store holds each feature kind) and every file that failed, with why
+    INDEX/index.json                   the catalog: every indexed video (source path, size, mtime, duration,
+                                       which batch store holds each feature kind), every failed file with why
     INDEX/compressed/                  3-fps working copies + ledger.jsonl (stages.compress.compress_all)
     INDEX/batches/<kind>-<key>/        one extraction batch: a mini project (data/manifest, data/compressed →
                                        INDEX/compressed, data/checkpoints/encoders/clip/best.pt → the CLIP
@@ -15,6 +15,7 @@ store no catalog entry points at any more is deleted. A batch's key hashes its v
 encoder, so a killed update, rerun, finds the same batch and resumes it (the compress ledger and the store's
 finished shards), ending in the same index as an uninterrupted run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,6 +25,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,17 +43,37 @@ from vidmem.video import CompressConfig
 log = logging.getLogger("vidmem.cli")
 
 FORMAT = 1
-VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
-                    ".flv", ".wmv", ".3gp", ".ogv", ".ogg", ".vob", ".dv", ".y4m"}
+VIDEO_EXTENSIONS = {
+    ".mp4",
+    ".m4v",
+    ".mkv",
+    ".webm",
+    ".mov",
+    ".avi",
+    ".mpg",
+    ".mpeg",
+    ".ts",
+    ".mts",
+    ".m2ts",
+    ".flv",
+    ".wmv",
+    ".3gp",
+    ".ogv",
+    ".ogg",
+    ".vob",
+    ".dv",
+    ".y4m",
+}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=+-]+")
 
 
-# ---------------------------------------------------------------------------------------------------- inputs
-def find_videos(paths: Sequence[str | os.PathLike], exclude: Sequence[str | os.PathLike] = ()
-                ) -> tuple[list[Path], dict[str, str]]:
+# --------------------------------------------------------------------------------------------------- inputs
+def find_videos(
+    paths: Sequence[str | os.PathLike], exclude: Sequence[str | os.PathLike] = ()
+) -> tuple[list[Path], dict[str, str]]:
     """Video files of the given files and folders (folders: recursively, by extension, skipping hidden files
-    and the `exclude` folders, e.g. the index's own compressed copies), absolute and sorted; and every argument
-    that is no file or folder, with why."""
+    and the `exclude` folders, e.g. the index's own compressed copies), absolute and sorted; and every
+    argument that is no file or folder, with why."""
     found: dict[Path, None] = {}
     bad: dict[str, str] = {}
     skip = [Path(e).resolve() for e in exclude]
@@ -82,13 +104,13 @@ def signature(path: Path) -> dict[str, Any]:
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-# ---------------------------------------------------------------------------------------------------- catalog
+# --------------------------------------------------------------------------------------------------- catalog
 @dataclass
 class Catalog:
     """index.json: the indexed videos and the files that failed."""
 
-    videos: dict[str, dict[str, Any]] = field(default_factory=dict)     # id → entry
-    failed: dict[str, str] = field(default_factory=dict)                # source path → reason
+    videos: dict[str, dict[str, Any]] = field(default_factory=dict)  # id → entry
+    failed: dict[str, str] = field(default_factory=dict)  # source path → reason
     encoder: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -102,8 +124,10 @@ class Catalog:
         return cls(doc.get("videos") or {}, doc.get("failed") or {}, doc.get("encoder") or {})
 
     def write(self, index: Path) -> None:
-        write_json(index / "index.json", {"format": FORMAT, "encoder": self.encoder, "videos": self.videos,
-                                          "failed": self.failed})
+        write_json(
+            index / "index.json",
+            {"format": FORMAT, "encoder": self.encoder, "videos": self.videos, "failed": self.failed},
+        )
 
 
 def open_index(index: str | os.PathLike) -> Catalog:
@@ -142,7 +166,7 @@ def batch_paths(index: Path, batch: str) -> Paths:
     return Paths(index / "batches" / batch)
 
 
-# ---------------------------------------------------------------------------------------------------- progress
+# --------------------------------------------------------------------------------------------------- progress
 class ShardProgress:
     """A progress bar over an extraction's shards, read from the store's own progress files (the extraction
     code keeps them; this only watches), updated from a thread while `extract_store` runs."""
@@ -197,14 +221,15 @@ class ShardProgress:
             pbar.close()
 
 
-# ---------------------------------------------------------------------------------------------------- update
+# --------------------------------------------------------------------------------------------------- update
 @dataclass
 class UpdateResult:
     catalog: Catalog
     added: list[str]
     removed: list[str]
     unchanged: list[str]
-    failed: dict[str, str]          # source path → reason (this run's inputs only)
+    failed: dict[str, str]  # source path → reason (this run's inputs only)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per step of this update
 
 
 def _link(target: Path, link: Path) -> None:
@@ -216,9 +241,17 @@ def _link(target: Path, link: Path) -> None:
     link.symlink_to(target)
 
 
-def _extract_batch(index: Path, kind: str, vids: list[str], sources: dict[str, Path], project: Project,
-                   clip_ckpt: Path, params: dict[str, Any], key: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    """Extract `kind` features of `vids` into a batch store (resuming it); → (batch name, failed id → reason)."""
+def _extract_batch(
+    index: Path,
+    kind: str,
+    vids: list[str],
+    sources: dict[str, Path],
+    project: Project,
+    clip_ckpt: Path,
+    params: dict[str, Any],
+    key: dict[str, Any],
+) -> tuple[str, dict[str, str]]:
+    """Extract `kind` features of `vids` into a batch store (resuming it) → (batch, failed id → reason)."""
     from models.encoders.extract import ExtractConfig, extract_store
 
     blob = json.dumps({"kind": kind, "videos": [[v, key[v]] for v in vids]}, sort_keys=True).encode()
@@ -231,13 +264,20 @@ def _extract_batch(index: Path, kind: str, vids: list[str], sources: dict[str, P
     with ShardProgress(paths.store(kind), f"extract {kind}", cfg.rows_per_chunk * cfg.chunks_per_shard):
         extract_store(kind, params, root=paths.root)
     ledger = Ledger(paths.store(kind) / "ledger.jsonl").rows()
-    failed = {v: str(r.get("reason", "extraction failed")) for v, r in ledger.items() if r.get("status") != "done"}
+    failed = {
+        v: str(r.get("reason", "extraction failed")) for v, r in ledger.items() if r.get("status") != "done"
+    }
     return batch, failed
 
 
-def update_index(index: str | os.PathLike, inputs: Sequence[str | os.PathLike], project: Project,
-                 kinds_of: Any = None, prune: bool = True, exclude: Sequence[str | os.PathLike] = ()
-                 ) -> UpdateResult:
+def update_index(
+    index: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    project: Project,
+    kinds_of: Any = None,
+    prune: bool = True,
+    exclude: Sequence[str | os.PathLike] = (),
+) -> UpdateResult:
     """Bring INDEX up to date with the videos under `inputs`.
 
     kinds_of(duration) → the feature kinds a video needs (default: clip). prune: drop catalog videos not
@@ -250,15 +290,21 @@ def update_index(index: str | os.PathLike, inputs: Sequence[str | os.PathLike], 
     kinds_of = kinds_of or (lambda duration: ("clip",))
     files, bad_args = find_videos(inputs, [index, *exclude])
     if not files and not bad_args:
-        raise UserError(f"no video files under {', '.join(map(str, inputs))} "
-                        f"(looked for {', '.join(sorted(VIDEO_EXTENSIONS))})")
+        raise UserError(
+            f"no video files under {', '.join(map(str, inputs))} "
+            f"(looked for {', '.join(sorted(VIDEO_EXTENSIONS))})"
+        )
     clip_ckpt = project.clip_checkpoint()
     params = project.extract_params(clip_ckpt)
     cfg = read(CompressConfig, params.get("compress"), "compress")
     cfg.check("compress")
     catalog = Catalog.read(index)
-    encoder = {"clip_checkpoint_sha256": file_hash(clip_ckpt), "clip": params.get("clip"),
-               "extract": params.get("extract"), "compress": cfg.encode()}
+    encoder = {
+        "clip_checkpoint_sha256": file_hash(clip_ckpt),
+        "clip": params.get("clip"),
+        "extract": params.get("extract"),
+        "compress": cfg.encode(),
+    }
     if catalog.encoder and catalog.encoder != encoder:  # other features: nothing can be reused
         log.warning("%s: built with another encoder or settings; rebuilding it", index)
         shutil.rmtree(index / "batches", ignore_errors=True)
@@ -275,7 +321,9 @@ def update_index(index: str | os.PathLike, inputs: Sequence[str | os.PathLike], 
     # compress: every video under the inputs (unchanged ones are skipped by the ledger), plus kept ones
     keep = {v: Path(e["input"]["path"]) for v, e in catalog.videos.items() if v not in sigs}
     videos = [Video(v, str(p)) for v, p in {**keep, **sources}.items()]
+    t0 = time.perf_counter()
     compress_all(videos, index / "compressed", cfg)
+    seconds = {"compress": time.perf_counter() - t0}
     ledger = Ledger(index / "compressed" / "ledger.jsonl").rows()
 
     failed: dict[str, str] = dict(bad_args)
@@ -297,7 +345,9 @@ def update_index(index: str | os.PathLike, inputs: Sequence[str | os.PathLike], 
             if kind not in catalog.videos[vid]["stores"]:
                 needed.setdefault(kind, []).append(vid)
     for kind, vids in needed.items():
+        t0 = time.perf_counter()
         batch, bad = _extract_batch(index, kind, sorted(vids), sources, project, clip_ckpt, params, sigs)
+        seconds[f"extract_{kind}"] = time.perf_counter() - t0
         for vid in vids:
             if vid in bad:
                 failed[str(sources[vid])] = bad[vid]
@@ -307,8 +357,11 @@ def update_index(index: str | os.PathLike, inputs: Sequence[str | os.PathLike], 
 
     # forget failures of files that are gone or now indexed; drop batch stores nothing points at
     indexed = {e["input"]["path"] for e in catalog.videos.values()}
-    catalog.failed = {p: r for p, r in {**catalog.failed, **failed}.items()
-                      if p not in indexed and (Path(p).exists() or p in failed)}
+    catalog.failed = {
+        p: r
+        for p, r in {**catalog.failed, **failed}.items()
+        if p not in indexed and (Path(p).exists() or p in failed)
+    }
     if prune:
         catalog.failed = {p: r for p, r in catalog.failed.items() if p in failed}
     live = {b for e in catalog.videos.values() for b in e["stores"].values()}
@@ -318,7 +371,14 @@ def update_index(index: str | os.PathLike, inputs: Sequence[str | os.PathLike], 
     catalog.videos = dict(sorted(catalog.videos.items()))
     catalog.write(index)
     unchanged = [v for v in ready if v not in added]
-    return UpdateResult(catalog, added, removed + [v for v in changed if v not in ready], unchanged, failed)
+    return UpdateResult(
+        catalog,
+        added,
+        removed + [v for v in changed if v not in ready],
+        unchanged,
+        failed,
+        {k: round(v, 3) for k, v in seconds.items()},
+    )
 
 
 def display_name(entry: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@
 
 User errors (a missing checkpoint or index, a bad argument) are one line on stderr and exit status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,40 +44,70 @@ def _seconds(text: str) -> float:
 
 def _project_args(p: argparse.ArgumentParser, models: Sequence[str]) -> None:
     g = p.add_argument_group("trained project and checkpoints (default: the pipeline's paths)")
-    g.add_argument("--project", metavar="DIR",
-                   help="a vidmem checkout trained by `make repro` (default: the current folder when it is one, "
-                        "else the repository of this installation)")
-    g.add_argument("--clip-checkpoint", dest="clip", metavar="PT",
-                   help="tuned CLIP towers (default: data/checkpoints/encoders/clip/best.pt)")
+    g.add_argument(
+        "--project",
+        metavar="DIR",
+        help="a vidmem checkout trained by `make repro` (default: the current folder when it is one, "
+        "else the repository of this installation)",
+    )
+    g.add_argument(
+        "--clip-checkpoint",
+        dest="clip",
+        metavar="PT",
+        help="tuned CLIP towers (default: data/checkpoints/encoders/clip/best.pt)",
+    )
     for key in models:
-        g.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar="PT",
-                       help=f"the {key} checkpoint (default: data/checkpoints/<family>/<model>/best.pt)")
+        g.add_argument(
+            f"--{key.replace('_', '-')}",
+            dest=key,
+            metavar="PT",
+            help=f"the {key} checkpoint (default: data/checkpoints/<family>/<model>/best.pt)",
+        )
 
 
 def parser() -> argparse.ArgumentParser:
     from cli.caption import DEFAULT_HIERARCHY_FROM
 
-    top = argparse.ArgumentParser(prog="vidmem", description="The pipeline's trained models on your own videos.")
+    top = argparse.ArgumentParser(
+        prog="vidmem", description="The pipeline's trained models on your own videos."
+    )
     sub = top.add_subparsers(dest="command", required=True, metavar="{caption,index,search}")
 
-    c = sub.add_parser("caption", help="dense captions, and the ReCap hierarchy of long videos",
-                       description="Compress, extract and caption videos: ActivityNet-format JSON, Ego4D-HCap-"
-                                   "style levels and an HTML page in OUT.")
-    c.add_argument("paths", nargs="+", metavar="PATH", help="video files and/or folders (searched recursively)")
-    c.add_argument("--out", default="vidmem-captions", metavar="DIR", help="output folder (default: %(default)s)")
-    c.add_argument("--hierarchy-from", type=_seconds, default=DEFAULT_HIERARCHY_FROM, metavar="SECONDS",
-                   help="videos at least this long also get the ReCap hierarchy: clip captions, segment "
-                        "descriptions, a summary (default: %(default)g s)")
+    c = sub.add_parser(
+        "caption",
+        help="dense captions, and the ReCap hierarchy of long videos",
+        description="Compress, extract and caption videos: ActivityNet-format JSON, Ego4D-HCap-"
+        "style levels and an HTML page in OUT.",
+    )
+    c.add_argument(
+        "paths", nargs="+", metavar="PATH", help="video files and/or folders (searched recursively)"
+    )
+    c.add_argument(
+        "--out", default="vidmem-captions", metavar="DIR", help="output folder (default: %(default)s)"
+    )
+    c.add_argument(
+        "--hierarchy-from",
+        type=_seconds,
+        default=DEFAULT_HIERARCHY_FROM,
+        metavar="SECONDS",
+        help="videos at least this long also get the ReCap hierarchy: clip captions, segment "
+        "descriptions, a summary (default: %(default)g s)",
+    )
     c.add_argument("--no-hierarchy", action="store_true", help="dense captions only")
     c.add_argument("--vocab", metavar="JSON", help="caption vocabulary (default: data/manifest/vocab.json)")
     c.add_argument("--bank", metavar="ZARR", help="CM2's memory bank (default: data/bank.zarr)")
     _project_args(c, ("cm2", "recap_clip", "recap_segment", "recap_video"))
 
-    i = sub.add_parser("index", help="build or update a searchable index of a folder",
-                       description="Index FOLDER's videos (recursively): only new or changed files (path, size, "
-                                   "mtime) are processed, removed ones are dropped, a killed run resumes.")
+    i = sub.add_parser(
+        "index",
+        help="build or update a searchable index of a folder",
+        description="Index FOLDER's videos (recursively): only new or changed files (path, size, "
+        "mtime) are processed, removed ones are dropped, a killed run resumes.",
+    )
     i.add_argument("folder", metavar="FOLDER")
-    i.add_argument("--out", default="vidmem-index", metavar="INDEX", help="index folder (default: %(default)s)")
+    i.add_argument(
+        "--out", default="vidmem-index", metavar="INDEX", help="index folder (default: %(default)s)"
+    )
     _project_args(i, ())
 
     s = sub.add_parser("search", help="ranked videos and moments for a sentence or a spoken query")
@@ -99,8 +130,10 @@ def run_index(args) -> int:
     project = Project.open(args.project, overrides=vars(args))
     res = update_index(args.out, [args.folder], project)
     n = len(res.catalog.videos)
-    print(f"{relative(args.out)}: {n} video(s) indexed — {len(res.added)} new, {len(res.unchanged)} unchanged, "
-          f"{len(res.removed)} removed" + (f", {len(res.failed)} failed" if res.failed else ""))
+    print(
+        f"{relative(args.out)}: {n} video(s) indexed — {len(res.added)} new, {len(res.unchanged)} unchanged, "
+        f"{len(res.removed)} removed" + (f", {len(res.failed)} failed" if res.failed else "")
+    )
     if res.failed:
         print("not indexed:")
         print("\n".join(describe_failures(res.failed)))

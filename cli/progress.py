@@ -1,5 +1,6 @@
 """Progress bars: tqdm (a pinned requirement); a plain stderr line where it is missing. Both stay quiet when
 stderr is not a terminal, as tqdm's `disable=None` does."""
+
 from __future__ import annotations
 
 import sys
@@ -10,7 +11,9 @@ from typing import Any
 class _Line:
     """The fallback: `desc: n/total` rewritten in place on stderr."""
 
-    def __init__(self, iterable: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "it"):
+    def __init__(
+        self, iterable: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "it"
+    ):
         self.iterable, self.total, self.desc, self.unit, self.n = iterable, total, desc, unit, 0
         self.on = sys.stderr.isatty()
 

@@ -1,11 +1,12 @@
 """Which trained project the commands use, and loading its checkpoints.
 
-A project is a folder holding `params.yaml` and the pipeline's `data/` (checkpoints, the manifest's vocabulary,
-CM2's memory bank): `--project DIR`, else the current folder when it is one, else the repository this code
-lives in (`make repro` trains it there). Every checkpoint defaults to its pipeline path
+A project is a folder holding `params.yaml` and the pipeline's `data/` (checkpoints, the manifest's
+vocabulary, CM2's memory bank): `--project DIR`, else the current folder when it is one, else the repository
+this code lives in (`make repro` trains it there). Every checkpoint defaults to its pipeline path
 (`vidmem.paths.Paths.checkpoint`) and can be replaced by a flag; a model is rebuilt from the `params` saved in
 its own checkpoint, so a checkpoint trained with other settings than params.yaml's loads as trained.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,7 +38,9 @@ def find_project(arg: str | None) -> Path:
     if arg:
         root = Path(arg)
         if not (root / "params.yaml").is_file():
-            raise UserError(f"--project {arg}: no params.yaml there (a vidmem checkout trained by `make repro`)")
+            raise UserError(
+                f"--project {arg}: no params.yaml there (a vidmem checkout trained by `make repro`)"
+            )
         return root
     cwd = Path.cwd()
     if (cwd / "params.yaml").is_file() and (cwd / "dvc.yaml").is_file():
@@ -90,10 +93,11 @@ class Project:
 
     def missing_hint(self, key: str) -> str:
         name = self.model_name(key)
-        return f"run `dvc repro train@{name}` in {self._where(self.root)} (or `make repro`), or pass --{flag(key)} PATH"
+        where = self._where(self.root)
+        return f"run `dvc repro train@{name}` in {where} (or `make repro`), or pass --{flag(key)} PATH"
 
     def require(self, key: str) -> Path:
-        """The checkpoint of a model flag, which must exist (else one line naming the command that makes it)."""
+        """A model flag's checkpoint, which must exist (else one line naming the command that makes it)."""
         _, path = self.checkpoint(key)
         if not path.is_file():
             raise UserError(f"{self._where(path)}: checkpoint not found; {self.missing_hint(key)}")
@@ -124,22 +128,28 @@ class Project:
     def clip_checkpoint(self) -> Path:
         path = Path(self.overrides.get("clip") or self.paths.clip_checkpoint)
         if not path.is_file():
-            raise UserError(f"{self._where(path)}: CLIP checkpoint not found; run `dvc repro finetune_clip` in "
-                            f"{self._where(self.root)} (or `make repro`), or pass --clip-checkpoint PATH")
+            raise UserError(
+                f"{self._where(path)}: CLIP checkpoint not found; run `dvc repro finetune_clip` in "
+                f"{self._where(self.root)} (or `make repro`), or pass --clip-checkpoint PATH"
+            )
         return path
 
     def vocab_file(self) -> Path:
         path = Path(self.overrides.get("vocab") or self.paths.manifest / "vocab.json")
         if not path.is_file():
-            raise UserError(f"{self._where(path)}: caption vocabulary not found; run `dvc repro ingest` in "
-                            f"{self._where(self.root)} (or `make repro`), or pass --vocab PATH")
+            raise UserError(
+                f"{self._where(path)}: caption vocabulary not found; run `dvc repro ingest` in "
+                f"{self._where(self.root)} (or `make repro`), or pass --vocab PATH"
+            )
         return path
 
     def bank_path(self) -> Path:
         path = Path(self.overrides.get("bank") or self.paths.bank)
         if not (path / "zarr.json").is_file():
-            raise UserError(f"{self._where(path)}: CM2 memory bank not found; run `dvc repro bank` in "
-                            f"{self._where(self.root)} (or `make repro`), or pass --bank PATH")
+            raise UserError(
+                f"{self._where(path)}: CM2 memory bank not found; run `dvc repro bank` in "
+                f"{self._where(self.root)} (or `make repro`), or pass --bank PATH"
+            )
         return path
 
     def extract_params(self, clip_ckpt: Path) -> dict[str, Any]:
@@ -163,6 +173,8 @@ def flag(key: str) -> str:
 def with_data(task: Task, **data: Any) -> Task:
     """The same task (class, recipe, config) built on in-memory data: each family's constructor takes its
     own keyword arguments for that (dense: datasets/bank, grounding: splits/queries, recap: data, ...)."""
-    out = type(task)(task.name, task.recipe, dataclasses.replace(task.config), task.paths, task.params, **data)
+    out = type(task)(
+        task.name, task.recipe, dataclasses.replace(task.config), task.paths, task.params, **data
+    )
     out.device = task.device
     return out

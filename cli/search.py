@@ -5,6 +5,7 @@ CLIP text features, the retrieval task's own similarity); MRNet (`train@mrnet`) 
 top videos. Speech: the spoken-query grounding model (`train@mrnet_speech`, log-mel frames) scores moments in
 every video, and a video ranks by its best moment (EMCL reads text only).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,10 @@ def encoder_root(index: Path, project: Project, catalog) -> Path:
 
     ckpt = project.clip_checkpoint()
     if catalog.encoder.get("clip_checkpoint_sha256") not in (None, file_hash(ckpt)):
-        raise UserError(f"{index}: built with another CLIP checkpoint than {ckpt}; rebuild it with "
-                        f"`vidmem index FOLDER --out {index}`")
+        raise UserError(
+            f"{index}: built with another CLIP checkpoint than {ckpt}; rebuild it with "
+            f"`vidmem index FOLDER --out {index}`"
+        )
     root = index / "encoder"
     link = batch_paths(index, "x").clip_checkpoint.relative_to(index / "batches" / "x")
     target = root / link
@@ -72,9 +75,28 @@ def speech_features(extractor, wav: Path) -> np.ndarray:
                 write_wav(path, resample(samples, sr, rate), rate)
         except (ValueError, wave.Error, EOFError, OSError):
             path = Path(tmp) / "query.wav"
-            proc = subprocess.run([FFMPEG, "-nostdin", "-hide_banner", "-v", "error", "-i", f"file:{wav}", "-vn",
-                                   "-ac", "1", "-ar", str(rate), "-c:a", "pcm_s16le", "-f", "wav", str(path)],
-                                  capture_output=True)
+            proc = subprocess.run(
+                [
+                    FFMPEG,
+                    "-nostdin",
+                    "-hide_banner",
+                    "-v",
+                    "error",
+                    "-i",
+                    f"file:{wav}",
+                    "-vn",
+                    "-ac",
+                    "1",
+                    "-ar",
+                    str(rate),
+                    "-c:a",
+                    "pcm_s16le",
+                    "-f",
+                    "wav",
+                    str(path),
+                ],
+                capture_output=True,
+            )
             if proc.returncode != 0:
                 raise UserError(f"--audio {wav}: ffmpeg cannot read it: {stderr_tail(proc.stderr)}") from None
         try:
@@ -100,9 +122,14 @@ def rank_videos(project: Project, index: Path, catalog, sentence: str, text: dic
     for store, group in by_store.values():
         frames.update(StoredFrames(store, group, c.max_frames).feats)
     n = int(min(int(text["n_tokens"][0]), c.max_words))
-    texts = StoredTexts.from_arrays({sentence: np.asarray(text["tokens"][0, : c.max_words], np.float32)},
-                                    {sentence: np.asarray(text["sentence"][0], np.float32)}, {sentence: n})
-    task = with_data(task, manifest=Manifest(), loaded={"query": (texts, StoredFrames.from_arrays(frames, c.max_frames))})
+    texts = StoredTexts.from_arrays(
+        {sentence: np.asarray(text["tokens"][0, : c.max_words], np.float32)},
+        {sentence: np.asarray(text["sentence"][0], np.float32)},
+        {sentence: n},
+    )
+    task = with_data(
+        task, manifest=Manifest(), loaded={"query": (texts, StoredFrames.from_arrays(frames, c.max_frames))}
+    )
     model = task.restore(ckpt)
     # one row (the query) against every indexed video; the task's split table is filled in directly
     task._splits["query"] = Split(["query"], [sentence], [0], vids, [[0]] + [[] for _ in vids[1:]])
@@ -111,8 +138,15 @@ def rank_videos(project: Project, index: Path, catalog, sentence: str, text: dic
     return [(vids[i], float(sim[i])) for i in order]
 
 
-def moments(project: Project, key: str, index: Path, catalog, vids: list[str], query_key: str,
-            query_row: tuple[np.ndarray, ...]) -> dict[str, list[list[float]]]:
+def moments(
+    project: Project,
+    key: str,
+    index: Path,
+    catalog,
+    vids: list[str],
+    query_key: str,
+    query_row: tuple[np.ndarray, ...],
+) -> dict[str, list[list[float]]]:
     """Per video its ranked [start, end, score] moments for one query (the grounding task's predict)."""
     from models.grounding.data import QueryFeatures, QueryItem, VideoItem, prepare_clips
 
@@ -121,8 +155,14 @@ def moments(project: Project, key: str, index: Path, catalog, vids: list[str], q
     items = []
     for v in vids:
         dur = float(catalog.videos[v]["duration"])
-        items.append(VideoItem(v, dur, prepare_clips(feats.get(v), task.config.pre_clips),
-                               [QueryItem(v, 0, query_key, 0.0, dur, key=query_key)]))
+        items.append(
+            VideoItem(
+                v,
+                dur,
+                prepare_clips(feats.get(v), task.config.pre_clips),
+                [QueryItem(v, 0, query_key, 0.0, dur, key=query_key)],
+            )
+        )
     task = with_data(task, splits={"query": items}, queries=QueryFeatures({query_key: query_row}))
     model = task.restore(ckpt)
     return {row["vid"]: row["pred_relevant_windows"] for row in task.predict(model, "query")}
@@ -130,11 +170,15 @@ def moments(project: Project, key: str, index: Path, catalog, vids: list[str], q
 
 def run(args) -> int:
     if (args.sentence is None) == (args.audio is None):
-        raise UserError('give a sentence or --audio query.wav (one of them): vidmem search INDEX "a sentence"')
+        raise UserError(
+            'give a sentence or --audio query.wav (one of them): vidmem search INDEX "a sentence"'
+        )
     index = Path(args.index)
     catalog = open_index(index)
     if not catalog.videos:
-        raise UserError(f"{index}: the index has no videos; add some with `vidmem index FOLDER --out {index}`")
+        raise UserError(
+            f"{index}: the index has no videos; add some with `vidmem index FOLDER --out {index}`"
+        )
     project = Project.open(args.project, overrides=vars(args))
     for key in ("emcl", "mrnet") if args.audio is None else ("mrnet_speech",):
         project.require(key)
@@ -143,9 +187,19 @@ def run(args) -> int:
         root = encoder_root(index, project, catalog)
         text = text_features(project, root, params, args.sentence)
         ranked = rank_videos(project, index, catalog, args.sentence, text)[: args.top]
-        found = moments(project, "mrnet", index, catalog, [v for v, _ in ranked], args.sentence,
-                        (np.asarray(text["sentence"][0], np.float32), np.asarray(text["tokens"][0], np.float32),
-                         int(text["n_tokens"][0])))
+        found = moments(
+            project,
+            "mrnet",
+            index,
+            catalog,
+            [v for v, _ in ranked],
+            args.sentence,
+            (
+                np.asarray(text["sentence"][0], np.float32),
+                np.asarray(text["tokens"][0], np.float32),
+                int(text["n_tokens"][0]),
+            ),
+        )
         query: dict[str, Any] = {"text": args.sentence}
         ranker = "emcl"
     else:
@@ -155,27 +209,45 @@ def run(args) -> int:
         extractor, _ = build_extractor("audio", params, project.root)
         mel = speech_features(extractor, wav)
         found = moments(project, "mrnet_speech", index, catalog, list(catalog.videos), "query", (mel,))
-        ranked = sorted(((v, float(w[0][2]) if w else float("-inf")) for v, w in found.items()),
-                        key=lambda x: -x[1])[: args.top]
+        ranked = sorted(
+            ((v, float(w[0][2]) if w else float("-inf")) for v, w in found.items()), key=lambda x: -x[1]
+        )[: args.top]
         query = {"audio": str(wav)}
         ranker = "mrnet_speech (best moment)"
-    rows = [{"rank": i + 1, "video_id": v, "path": catalog.videos[v]["input"]["path"],
-             "duration": catalog.videos[v]["duration"], "score": s,
-             "moments": [{"start": a, "end": b, "score": c} for a, b, c in found.get(v, [])[: args.moments]]}
-            for i, (v, s) in enumerate(ranked)]
-    doc = {"query": query, "index": str(index), "videos_ranked_by": ranker,
-           "moments_by": "mrnet" if args.audio is None else "mrnet_speech", "results": rows}
+    rows = [
+        {
+            "rank": i + 1,
+            "video_id": v,
+            "path": catalog.videos[v]["input"]["path"],
+            "duration": catalog.videos[v]["duration"],
+            "score": s,
+            "moments": [{"start": a, "end": b, "score": c} for a, b, c in found.get(v, [])[: args.moments]],
+        }
+        for i, (v, s) in enumerate(ranked)
+    ]
+    doc = {
+        "query": query,
+        "index": str(index),
+        "videos_ranked_by": ranker,
+        "moments_by": "mrnet" if args.audio is None else "mrnet_speech",
+        "results": rows,
+    }
     print(json.dumps(doc, indent=2) if args.json else table(doc, catalog))
     return 0
 
 
 def table(doc: dict[str, Any], catalog) -> str:
     q = doc["query"].get("text") or doc["query"].get("audio")
-    lines = [f"query: {q}   ({len(catalog.videos)} videos; ranked by {doc['videos_ranked_by']}, "
-             f"moments by {doc['moments_by']})", f"{'#':>3}  {'score':>7}  video / moments"]
+    lines = [
+        f"query: {q}   ({len(catalog.videos)} videos; ranked by {doc['videos_ranked_by']}, "
+        f"moments by {doc['moments_by']})",
+        f"{'#':>3}  {'score':>7}  video / moments",
+    ]
     for r in doc["results"]:
-        lines.append(f"{r['rank']:>3}  {r['score']:>7.3f}  {display_name(catalog.videos[r['video_id']])}"
-                     f"  ({r['duration']:.1f} s)")
+        lines.append(
+            f"{r['rank']:>3}  {r['score']:>7.3f}  {display_name(catalog.videos[r['video_id']])}"
+            f"  ({r['duration']:.1f} s)"
+        )
         for m in r["moments"]:
             lines.append(f"{'':>14}{m['start']:8.1f} – {m['end']:7.1f} s   {m['score']:.3f}")
     return "\n".join(lines)

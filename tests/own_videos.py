@@ -1,5 +1,6 @@
 """Videos the project did not make, for the `vidmem` command's end-to-end checks: ffmpeg's own test sources
 (testsrc, smptebars, mandelbrot) in three containers and codecs, one broken file, a spoken query."""
+
 from __future__ import annotations
 
 import subprocess
@@ -7,16 +8,44 @@ from pathlib import Path
 
 # name → (lavfi source, seconds, codec arguments): H.264 in MP4, H.264 in Matroska, VP8 in WebM
 SOURCES = {
-    "testsrc.mp4": ("testsrc=size=192x144:rate=15", 12, ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]),
-    "bars.mkv": ("smptebars=size=160x120:rate=12", 8, ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]),
-    "fractal.webm": ("mandelbrot=size=160x120:rate=10", 6, ["-c:v", "libvpx", "-deadline", "realtime", "-b:v", "300k"]),
+    "testsrc.mp4": (
+        "testsrc=size=192x144:rate=15",
+        12,
+        ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"],
+    ),
+    "bars.mkv": (
+        "smptebars=size=160x120:rate=12",
+        8,
+        ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"],
+    ),
+    "fractal.webm": (
+        "mandelbrot=size=160x120:rate=10",
+        6,
+        ["-c:v", "libvpx", "-deadline", "realtime", "-b:v", "300k"],
+    ),
 }
 
 
 def lavfi(path: Path, source: str, seconds: float, codec: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", source, "-t", str(seconds),
-                    *codec, str(path)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            source,
+            "-t",
+            str(seconds),
+            *codec,
+            str(path),
+        ],
+        check=True,
+    )
     return path
 
 

@@ -1,6 +1,7 @@
-"""The `vidmem` command without a trained pipeline: argument errors, missing checkpoints and indexes (one line
-naming the command that makes them, exit status 2), finding videos, and the page's layout helpers. The end-to-end
-runs on a trained tiny project are in tests/test_pipeline.py."""
+"""The `vidmem` command without a trained pipeline: argument errors, missing checkpoints and indexes (one
+line naming the command that makes them, exit status 2), finding videos, and the page's layout helpers. The
+end-to-end runs on a trained tiny project are in tests/test_pipeline.py."""
+
 from __future__ import annotations
 
 import json
@@ -39,10 +40,20 @@ def error_line(err: str) -> str:
     return lines[0]
 
 
-# ---------------------------------------------------------------------------------------------------- arguments
-@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["caption"], ["index"], ["search"],
-                                  ["search", "idx", "x", "--top", "0"], ["search", "idx", "x", "--moments", "a"],
-                                  ["caption", "v.mp4", "--hierarchy-from", "-1"]])
+# ----------------------------------------------------------------------------------------------- arguments
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frobnicate"],
+        ["caption"],
+        ["index"],
+        ["search"],
+        ["search", "idx", "x", "--top", "0"],
+        ["search", "idx", "x", "--moments", "a"],
+        ["caption", "v.mp4", "--hierarchy-from", "-1"],
+    ],
+)
 def test_argument_errors_exit_2_with_usage(argv, capsys):
     with pytest.raises(SystemExit) as e:
         parser().parse_args(argv)
@@ -73,7 +84,7 @@ def test_project_without_params(tmp_path, capsys):
     assert rc == 2 and "no params.yaml" in error_line(err)
 
 
-# ---------------------------------------------------------------------------------------------------- checkpoints
+# ----------------------------------------------------------------------------------------------- checkpoints
 def test_missing_checkpoints_name_their_stage(untrained, tmp_path, capsys):
     videos = tmp_path / "videos"
     videos.mkdir()
@@ -97,16 +108,24 @@ def test_missing_checkpoints_name_their_stage(untrained, tmp_path, capsys):
     (untrained / "data" / "manifest" / "vocab.json").write_text("{}")
     rc, _, err = run(capsys, "caption", str(videos), "--project", str(untrained), "--cm2", str(cm2))
     assert rc == 2 and "`dvc repro train@recap_clip`" in error_line(err)  # the hierarchy's first level
-    rc, _, err = run(capsys, "caption", str(videos), "--project", str(untrained), "--cm2", str(cm2),
-                     "--no-hierarchy")
+    rc, _, err = run(
+        capsys, "caption", str(videos), "--project", str(untrained), "--cm2", str(cm2), "--no-hierarchy"
+    )
     assert rc == 2 and "no video files under" in error_line(err)  # every checkpoint found: on to the videos
 
 
 def test_search_names_the_missing_model(untrained, tmp_path, capsys):
     index = tmp_path / "idx"
     index.mkdir()
-    Catalog(videos={"a-1": {"input": {"path": "/x/a.mp4", "size": 1, "mtime_ns": 1}, "duration": 3.0,
-                            "stores": {"clip": "clip-0"}}}).write(index)
+    Catalog(
+        videos={
+            "a-1": {
+                "input": {"path": "/x/a.mp4", "size": 1, "mtime_ns": 1},
+                "duration": 3.0,
+                "stores": {"clip": "clip-0"},
+            }
+        }
+    ).write(index)
     rc, _, err = run(capsys, "search", str(index), "a red circle", "--project", str(untrained))
     assert rc == 2 and "`dvc repro train@emcl`" in error_line(err)
     rc, _, err = run(capsys, "search", str(index), "--audio", "q.wav", "--project", str(untrained))
@@ -116,25 +135,51 @@ def test_search_names_the_missing_model(untrained, tmp_path, capsys):
 def test_an_unreadable_checkpoint_is_one_line(untrained, tmp_path, capsys):
     index = tmp_path / "idx"
     index.mkdir()
-    Catalog(videos={"a-1": {"input": {"path": "/x/a.mp4", "size": 1, "mtime_ns": 1}, "duration": 3.0,
-                            "stores": {"clip": "clip-0"}}}).write(index)
+    Catalog(
+        videos={
+            "a-1": {
+                "input": {"path": "/x/a.mp4", "size": 1, "mtime_ns": 1},
+                "duration": 3.0,
+                "stores": {"clip": "clip-0"},
+            }
+        }
+    ).write(index)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    rc, _, err = run(capsys, "search", str(index), "--audio", "q.wav", "--project", str(untrained),
-                     "--mrnet-speech", str(bad), "--clip-checkpoint", str(bad))
+    rc, _, err = run(
+        capsys,
+        "search",
+        str(index),
+        "--audio",
+        "q.wav",
+        "--project",
+        str(untrained),
+        "--mrnet-speech",
+        str(bad),
+        "--clip-checkpoint",
+        str(bad),
+    )
     assert rc == 2 and "not a checkpoint torch can read" in error_line(err)
 
 
-# ---------------------------------------------------------------------------------------------------- inputs
+# --------------------------------------------------------------------------------------------------- inputs
 def test_find_videos_walks_folders_by_extension(tmp_path):
     (tmp_path / "sub").mkdir()
     for name in ("a.mp4", "B.MKV", "sub/c.webm", "notes.txt", ".hidden.mp4", "sub/d.mov"):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "idx" / "compressed").mkdir(parents=True)
     (tmp_path / "idx" / "compressed" / "own.mp4").write_bytes(b"x")
-    files, bad = find_videos([tmp_path, tmp_path / "notes.txt", tmp_path / "gone.mp4"], exclude=[tmp_path / "idx"])
+    files, bad = find_videos(
+        [tmp_path, tmp_path / "notes.txt", tmp_path / "gone.mp4"], exclude=[tmp_path / "idx"]
+    )
     names = [f.relative_to(tmp_path).as_posix() for f in files]
-    assert names == ["B.MKV", "a.mp4", "notes.txt", "sub/c.webm", "sub/d.mov"]  # a named file is taken as given
+    assert names == [
+        "B.MKV",
+        "a.mp4",
+        "notes.txt",
+        "sub/c.webm",
+        "sub/d.mov",
+    ]  # a named file is taken as given
     assert bad == {str(tmp_path / "gone.mp4"): "no such file or folder"}
 
 
@@ -146,7 +191,7 @@ def test_video_ids_are_stable_safe_and_distinct(tmp_path):
     assert video_id(a).startswith("my_clip_1")
 
 
-# ---------------------------------------------------------------------------------------------------- page
+# --------------------------------------------------------------------------------------------------- page
 def test_overlapping_events_get_their_own_lanes():
     events = [{"timestamp": [0, 5]}, {"timestamp": [1, 3]}, {"timestamp": [4, 6]}, {"timestamp": [5.5, 7]}]
     assert lanes(events) == [0, 1, 1, 0]
@@ -155,16 +200,18 @@ def test_overlapping_events_get_their_own_lanes():
 def test_caption_page_is_self_contained_and_escaped():
     videos = {"v-1": {"path": "/videos/<odd>.mp4", "duration": 10.0, "events": 1}}
     results = {"v-1": [{"timestamp": [1.0, 4.0], "sentence": "a <b>red</b> circle", "proposal_score": 0.5}]}
-    levels = {"clips": [["v-1", 0.0, 4.0, "a red circle"]],
-              "segments": [{"vid": "v-1", "start_sec": 0.0, "end_sec": 10.0, "segment_description": "it moves"}],
-              "videos": [{"vid": "v-1", "start_sec": 0.0, "end_sec": 10.0, "video_summary": "a circle moves"}]}
+    levels = {
+        "clips": [["v-1", 0.0, 4.0, "a red circle"]],
+        "segments": [{"vid": "v-1", "start_sec": 0.0, "end_sec": 10.0, "segment_description": "it moves"}],
+        "videos": [{"vid": "v-1", "start_sec": 0.0, "end_sec": 10.0, "video_summary": "a circle moves"}],
+    }
     page = caption_page(videos, results, levels, {"/videos/bad.mp4": "moov atom not found"})
     assert "&lt;b&gt;red&lt;/b&gt;" in page and "&lt;odd&gt;.mp4" in page
     assert "a circle moves" in page and "it moves" in page and "moov atom not found" in page
     assert "http" not in page and "<script" not in page
 
 
-# ---------------------------------------------------------------------------------------------------- packaging
+# ----------------------------------------------------------------------------------------------- packaging
 def test_console_script_and_packages():
     """`pip install -e .` (make install) must make `vidmem` and find every package the command imports."""
     from setuptools import find_packages
@@ -172,7 +219,20 @@ def test_console_script_and_packages():
     conf = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert conf["project"]["scripts"]["vidmem"] == "cli.main:console"
     found = set(find_packages(str(REPO), include=conf["tool"]["setuptools"]["packages"]["find"]["include"]))
-    assert {"cli", "vidmem", "vidmem.formats", "vidmem.synth", "models", "models.encoders", "models.dense",
-            "models.retrieval", "models.grounding", "models.recap", "metrics", "kernels", "stages"} <= found
+    assert {
+        "cli",
+        "vidmem",
+        "vidmem.formats",
+        "vidmem.synth",
+        "models",
+        "models.encoders",
+        "models.dense",
+        "models.retrieval",
+        "models.grounding",
+        "models.recap",
+        "metrics",
+        "kernels",
+        "stages",
+    } <= found
     assert not any(p.startswith(("tests", "bench")) for p in found)
     assert json.loads((REPO / "models" / "encoders" / "model_configs" / "vidmem-tiny.json").read_text())

@@ -3,6 +3,7 @@
 The command drives models/ and metrics/, which the library vidmem/ must not import (imports flow
 stages/cli → models → metrics → vidmem), so the library names it by string only, here, at run time.
 """
+
 import importlib
 import sys
 
