@@ -70,6 +70,7 @@ bench: install
 	$(BIN)/python -m bench.extract
 	$(BIN)/python -m bench.kernels --threads 1
 	$(BIN)/python -m bench.train
+	$(BIN)/python -m bench.caption
 
 ## GPU check (< 8 min): install, pytest -m gpu, kernel benchmarks, CM2 step GPU vs CPU; one JSON of results
 ## (README, Performance: GPU check). Without a GPU it skips the GPU steps and still writes the JSON.

@@ -7,7 +7,8 @@ Per run, in OUT (default ./vidmem-captions):
                       segments ({vid, start_sec, end_sec, segment_description, captions_pred}), videos
                       ({vid, start_sec, end_sec, video_summary, segment_descriptions_pred})
     videos.json       video id → source file and duration, every file that failed with its reason, and the
-                      wall time of each step (compress, extract_clip, extract_lavila, dense, hierarchy)
+                      wall time and peak memory of each step (compress, extract_clip, extract_lavila, dense,
+                      hierarchy)
     index.html        one self-contained page: a timeline of each video's events, its hierarchy
     index/            the work index (cli.index): a rerun on the same files reuses its compressed videos and
                       features and processes only new or changed files
@@ -16,16 +17,15 @@ Per run, in OUT (default ./vidmem-captions):
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cli.html import caption_page
-from cli.index import IndexedFeatures, describe_failures, relative, update_index
+from cli.index import IndexedFeatures, describe_failures, update_index
 from cli.progress import bar
-from cli.project import Project, with_data
+from cli.project import Project, relative, with_data
 from vidmem.common import read_json, write_json, write_text
 
 log = logging.getLogger("vidmem.cli")
@@ -131,13 +131,11 @@ def run(args) -> int:
     catalog = res.catalog
     vids = list(catalog.videos)
     long_vids = [v for v in vids if "lavila" in catalog.videos[v]["stores"]]
-    seconds = dict(res.seconds)
-    t0 = time.perf_counter()
-    results = dense_captions(project, index, catalog, vids) if vids else {}
-    seconds["dense"] = round(time.perf_counter() - t0, 3)
-    t0 = time.perf_counter()
-    levels = hierarchy(project, index, catalog, long_vids)
-    seconds["hierarchy"] = round(time.perf_counter() - t0, 3)
+    steps = res.steps
+    with steps("dense"):
+        results = dense_captions(project, index, catalog, vids) if vids else {}
+    with steps("hierarchy"):
+        levels = hierarchy(project, index, catalog, long_vids)
 
     from metrics.dense import write_predictions
 
@@ -156,7 +154,8 @@ def run(args) -> int:
         }
         for v, e in catalog.videos.items()
     }
-    write_json(out / "videos.json", {"videos": videos, "failed": res.failed, "seconds": seconds})
+    write_json(out / "videos.json", {"videos": videos, "failed": res.failed, "seconds": steps.seconds,
+                                      "peak_rss_mb": {**steps.peak_rss_mb, "run": steps.run_peak()}})
     write_text(out / "index.html", caption_page(videos, results, levels, res.failed))
     print(summary(videos, results, levels, res.failed, out))
     return 1 if not vids else 0

@@ -25,13 +25,13 @@ import os
 import re
 import shutil
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cli.project import Project
+from cli.progress import Steps
+from cli.project import Project, relative
 from vidmem.common import UserError, file_hash, read_json, write_json
 from vidmem.ledger import Ledger
 from vidmem.manifest import Manifest, Video
@@ -225,11 +225,12 @@ class ShardProgress:
 @dataclass
 class UpdateResult:
     catalog: Catalog
-    added: list[str]
+    added: list[str]  # new files
+    changed: list[str]  # indexed before, with another size or mtime now: processed again
     removed: list[str]
     unchanged: list[str]
     failed: dict[str, str]  # source path → reason (this run's inputs only)
-    seconds: dict[str, float] = field(default_factory=dict)  # wall time per step of this update
+    steps: Steps = field(default_factory=Steps)  # wall time and peak memory of each step of this update
 
 
 def _link(target: Path, link: Path) -> None:
@@ -321,9 +322,9 @@ def update_index(
     # compress: every video under the inputs (unchanged ones are skipped by the ledger), plus kept ones
     keep = {v: Path(e["input"]["path"]) for v, e in catalog.videos.items() if v not in sigs}
     videos = [Video(v, str(p)) for v, p in {**keep, **sources}.items()]
-    t0 = time.perf_counter()
-    compress_all(videos, index / "compressed", cfg)
-    seconds = {"compress": time.perf_counter() - t0}
+    steps = Steps()
+    with steps("compress"):
+        compress_all(videos, index / "compressed", cfg)
     ledger = Ledger(index / "compressed" / "ledger.jsonl").rows()
 
     failed: dict[str, str] = dict(bad_args)
@@ -345,9 +346,8 @@ def update_index(
             if kind not in catalog.videos[vid]["stores"]:
                 needed.setdefault(kind, []).append(vid)
     for kind, vids in needed.items():
-        t0 = time.perf_counter()
-        batch, bad = _extract_batch(index, kind, sorted(vids), sources, project, clip_ckpt, params, sigs)
-        seconds[f"extract_{kind}"] = time.perf_counter() - t0
+        with steps(f"extract_{kind}"):
+            batch, bad = _extract_batch(index, kind, sorted(vids), sources, project, clip_ckpt, params, sigs)
         for vid in vids:
             if vid in bad:
                 failed[str(sources[vid])] = bad[vid]
@@ -373,23 +373,17 @@ def update_index(
     unchanged = [v for v in ready if v not in added]
     return UpdateResult(
         catalog,
-        added,
+        [v for v in added if v not in changed],
+        [v for v in added if v in changed],
         removed + [v for v in changed if v not in ready],
         unchanged,
         failed,
-        {k: round(v, 3) for k, v in seconds.items()},
+        steps,
     )
 
 
 def display_name(entry: dict[str, Any]) -> str:
     return Path(entry["input"]["path"]).name
-
-
-def relative(path: str | os.PathLike) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
 
 
 def describe_failures(failed: dict[str, str]) -> Iterable[str]:

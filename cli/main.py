@@ -122,8 +122,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run_index(args) -> int:
-    from cli.index import describe_failures, relative, update_index
-    from cli.project import Project
+    from cli.index import describe_failures, update_index
+    from cli.project import Project, relative
 
     if not os.path.isdir(args.folder):
         raise UserError(f"{args.folder}: not a folder")
@@ -131,9 +131,11 @@ def run_index(args) -> int:
     res = update_index(args.out, [args.folder], project)
     n = len(res.catalog.videos)
     print(
-        f"{relative(args.out)}: {n} video(s) indexed — {len(res.added)} new, {len(res.unchanged)} unchanged, "
-        f"{len(res.removed)} removed" + (f", {len(res.failed)} failed" if res.failed else "")
+        f"{relative(args.out)}: {n} video(s) indexed — {len(res.added)} new, {len(res.changed)} changed, "
+        f"{len(res.unchanged)} unchanged, {len(res.removed)} removed"
+        + (f", {len(res.failed)} failed" if res.failed else "")
     )
+
     if res.failed:
         print("not indexed:")
         print("\n".join(describe_failures(res.failed)))

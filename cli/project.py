@@ -10,6 +10,7 @@ its own checkpoint, so a checkpoint trained with other settings than params.yaml
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,12 +66,6 @@ class Project:
     def paths(self) -> Paths:
         return Paths(self.root)
 
-    def _where(self, path: Path) -> str:
-        try:
-            return str(path.resolve().relative_to(Path.cwd().resolve()))
-        except ValueError:
-            return str(path)
-
     def model_name(self, key: str) -> str:
         group, entry = MODELS[key]
         if group == "captions":
@@ -93,14 +88,14 @@ class Project:
 
     def missing_hint(self, key: str) -> str:
         name = self.model_name(key)
-        where = self._where(self.root)
+        where = relative(self.root)
         return f"run `dvc repro train@{name}` in {where} (or `make repro`), or pass --{flag(key)} PATH"
 
     def require(self, key: str) -> Path:
         """A model flag's checkpoint, which must exist (else one line naming the command that makes it)."""
         _, path = self.checkpoint(key)
         if not path.is_file():
-            raise UserError(f"{self._where(path)}: checkpoint not found; {self.missing_hint(key)}")
+            raise UserError(f"{relative(path)}: checkpoint not found; {self.missing_hint(key)}")
         return path
 
     def task(self, key: str, device=None) -> tuple[Task, dict[str, Any]]:
@@ -129,8 +124,8 @@ class Project:
         path = Path(self.overrides.get("clip") or self.paths.clip_checkpoint)
         if not path.is_file():
             raise UserError(
-                f"{self._where(path)}: CLIP checkpoint not found; run `dvc repro finetune_clip` in "
-                f"{self._where(self.root)} (or `make repro`), or pass --clip-checkpoint PATH"
+                f"{relative(path)}: CLIP checkpoint not found; run `dvc repro finetune_clip` in "
+                f"{relative(self.root)} (or `make repro`), or pass --clip-checkpoint PATH"
             )
         return path
 
@@ -138,8 +133,8 @@ class Project:
         path = Path(self.overrides.get("vocab") or self.paths.manifest / "vocab.json")
         if not path.is_file():
             raise UserError(
-                f"{self._where(path)}: caption vocabulary not found; run `dvc repro ingest` in "
-                f"{self._where(self.root)} (or `make repro`), or pass --vocab PATH"
+                f"{relative(path)}: caption vocabulary not found; run `dvc repro ingest` in "
+                f"{relative(self.root)} (or `make repro`), or pass --vocab PATH"
             )
         return path
 
@@ -147,8 +142,8 @@ class Project:
         path = Path(self.overrides.get("bank") or self.paths.bank)
         if not (path / "zarr.json").is_file():
             raise UserError(
-                f"{self._where(path)}: CM2 memory bank not found; run `dvc repro bank` in "
-                f"{self._where(self.root)} (or `make repro`), or pass --bank PATH"
+                f"{relative(path)}: CM2 memory bank not found; run `dvc repro bank` in "
+                f"{relative(self.root)} (or `make repro`), or pass --bank PATH"
             )
         return path
 
@@ -164,6 +159,14 @@ class Project:
         if isinstance(saved.get("clip"), Mapping):
             params["clip"] = {**(params.get("clip") or {}), **saved["clip"]}
         return params
+
+
+def relative(path: str | os.PathLike) -> str:
+    """`path` relative to the current folder when it lies below it (messages stay short), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def flag(key: str) -> str:

@@ -225,18 +225,22 @@ def test_vidmem_index_update_processes_only_changes(project, own, own_index, cap
     from tests.own_videos import SOURCES, lavfi
 
     before = json.loads((own_index / "index.json").read_text())["videos"]
-    (own / "fractal.webm").unlink()
+    by_name = {Path(e["input"]["path"]).name: v for v, e in before.items()}
+    (own / "fractal.webm").unlink()                                     # removed
+    source, _, codec = SOURCES["bars.mkv"]
+    lavfi(own / "bars.mkv", source, 9, codec)                           # changed: 9 s now
     source, _, codec = SOURCES["testsrc.mp4"]
-    lavfi(own / "new" / "late.mp4", source.replace("testsrc", "testsrc2"), 5, codec)
+    lavfi(own / "new" / "late.mp4", source.replace("testsrc", "testsrc2"), 5, codec)   # new
     printed = vidmem(capsys, project, "index", str(own), "--out", str(own_index))
-    assert "1 new, 2 unchanged, 1 removed, 1 failed" in printed
+    assert "1 new, 1 changed, 1 unchanged, 1 removed, 1 failed" in printed
     after = json.loads((own_index / "index.json").read_text())["videos"]
-    kept = {v for v, e in before.items() if Path(e["input"]["path"]).name != "fractal.webm"}
-    assert {v: after[v] for v in kept} == {v: before[v] for v in kept}   # untouched: same store, not redone
-    (new,) = set(after) - kept
-    assert after[new]["stores"]["clip"] != next(iter(before.values()))["stores"]["clip"]   # its own batch
+    kept, bars = by_name["testsrc.mp4"], by_name["bars.mkv"]
+    assert after[kept] == before[kept]                                  # untouched: same store, not redone
+    assert abs(after[bars]["duration"] - 9) < 0.5 and after[bars]["stores"] != before[bars]["stores"]
+    (new,) = set(after) - {kept, bars}
+    assert after[new]["stores"] == after[bars]["stores"] != after[kept]["stores"]  # one new batch for both
     assert sorted(p.name for p in (own_index / "batches").iterdir()) == \
-        sorted({e["stores"]["clip"] for e in after.values()})
+        sorted({e["stores"]["clip"] for e in after.values()})           # only batches still pointed at
     doc = json.loads(vidmem(capsys, project, "search", str(own_index), "a shape", "--json"))
     assert {r["video_id"] for r in doc["results"]} == set(after)
 
