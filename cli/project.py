@@ -111,14 +111,6 @@ class Project:
         task.device = device
         return task, ckpt
 
-    def load(self, key: str, device=None, **data: Any) -> tuple[Task, Any]:
-        """(task, restored model) of a model flag; `data`: the family's in-memory inputs (see `with_data`),
-        given before the model is restored (a retrieval model reads its widths from them)."""
-        task, ckpt = self.task(key, device)
-        if data:
-            task = with_data(task, **data)
-        return task, task.restore(ckpt)
-
     # ---------------------------------------------------------------------------------------- other inputs
     def clip_checkpoint(self) -> Path:
         path = Path(self.overrides.get("clip") or self.paths.clip_checkpoint)

@@ -112,6 +112,11 @@ def rank_videos(project: Project, index: Path, catalog, sentence: str, text: dic
 
     task, ckpt = project.task("emcl")
     c = task.config
+    if c.towers != "features":
+        raise UserError(
+            f"{project.checkpoint('emcl')[1]}: trained end to end (towers: {c.towers}); vidmem search "
+            f"ranks with models on the stored CLIP features (towers: features)"
+        )
     feats = IndexedFeatures(index, catalog, "clip")
     vids = [v for v in catalog.videos if v in feats]
     frames: dict[str, np.ndarray] = {}
