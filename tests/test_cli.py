@@ -236,3 +236,54 @@ def test_console_script_and_packages():
     } <= found
     assert not any(p.startswith(("tests", "bench")) for p in found)
     assert json.loads((REPO / "models" / "encoders" / "model_configs" / "vidmem-tiny.json").read_text())
+
+
+# ----------------------------------------------------------------------------------------------- the index
+def test_index_resumes_and_updates_without_a_pipeline(tmp_path, monkeypatch):
+    """update_index on a random-init tiny CLIP (tests/project.py): an interrupted first run (stopped after
+    compress, as a kill would) resumes to the same index as an uninterrupted one; an update redoes only the
+    new file and drops the removed one. The trained end-to-end version is in tests/test_pipeline.py."""
+    import numpy as np
+
+    import models.encoders.extract as extract
+    from cli.index import IndexedFeatures, update_index
+    from cli.project import Project
+    from tests.media import garbage, lavfi_video
+    from tests.project import make_project
+
+    project = Project.open(str(make_project(tmp_path / "project")))
+    folder = tmp_path / "videos"
+    lavfi_video(folder / "one.mp4", 160, 120, fps=10, duration=3.0)
+    lavfi_video(folder / "two.mkv", 120, 160, fps=10, duration=2.0, source="testsrc")
+    garbage(folder / "bad.mp4")
+
+    ref = update_index(tmp_path / "ref", [folder], project)
+    assert sorted(ref.catalog.videos) == sorted(ref.added) and len(ref.added) == 2
+    assert list(ref.failed) == [str(folder / "bad.mp4")]
+
+    real = extract.extract_store
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(extract, "extract_store", killed)
+    with pytest.raises(KeyboardInterrupt):
+        update_index(tmp_path / "idx", [folder], project)
+    assert not (tmp_path / "idx" / "index.json").exists()
+    monkeypatch.setattr(extract, "extract_store", real)
+    again = update_index(tmp_path / "idx", [folder], project)
+    assert again.catalog.videos == ref.catalog.videos and again.catalog.failed == ref.catalog.failed
+    fa, fb = (
+        IndexedFeatures(tmp_path / "ref", ref.catalog, "clip"),
+        IndexedFeatures(tmp_path / "idx", again.catalog, "clip"),
+    )
+    assert all(np.array_equal(fa.get(v), fb.get(v)) for v in ref.catalog.videos)
+
+    (folder / "two.mkv").unlink()
+    lavfi_video(folder / "three.mp4", 160, 120, fps=10, duration=2.0, source="testsrc")
+    upd = update_index(tmp_path / "idx", [folder], project)
+    (one,) = [v for v in ref.catalog.videos if v.startswith("one")]
+    assert [len(upd.added), len(upd.changed), len(upd.removed), upd.unchanged] == [1, 0, 1, [one]]
+    assert upd.catalog.videos[one] == ref.catalog.videos[one]
+    assert len({e["stores"]["clip"] for e in upd.catalog.videos.values()}) == 2
+    assert len(list((tmp_path / "idx" / "batches").iterdir())) == 2

@@ -245,6 +245,7 @@ def test_vidmem_index_update_processes_only_changes(project, own, own_index, cap
     assert {r["video_id"] for r in doc["results"]} == set(after)
 
 
+@pytest.mark.slow  # a second interpreter (~10 s); the fast variant: tests/test_cli.py (an interrupted update)
 def test_vidmem_index_resumes_after_kill(project, own, own_index, tmp_path, capsys):
     """kill -9 mid-way (after the first compressed video), rerun: the same index as an uninterrupted run."""
     import signal
