@@ -119,9 +119,11 @@ def run(args) -> int:
     project.clip_checkpoint()
     project.require("cm2")
     project.vocab_file()
-    if threshold is not None:
-        for key in LEVEL_KEYS:
-            project.require(key)
+    levels = LEVEL_KEYS if threshold is not None else ()
+    for key in levels:
+        project.require(key)
+    for key in ("cm2", *levels):
+        project.task(key)  # loads and checks it (kept for the run)
 
     def kinds(duration: float) -> tuple[str, ...]:
         return ("clip", "lavila") if threshold is not None and duration >= threshold else ("clip",)

@@ -56,6 +56,7 @@ class Project:
     root: Path
     overrides: Mapping[str, str | None] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+    _tasks: dict[str, tuple[Task, dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, arg: str | None, overrides: Mapping[str, str | None] | None = None) -> Project:
@@ -99,7 +100,13 @@ class Project:
         return path
 
     def task(self, key: str, device=None) -> tuple[Task, dict[str, Any]]:
-        """(task, checkpoint) of a model flag: the task is rebuilt from the checkpoint's own params."""
+        """(task, checkpoint) of a model flag: the task is rebuilt from the checkpoint's own params. Loaded
+        once per run (a command checks every model it needs before any work, then uses them)."""
+        if key not in self._tasks:
+            self._tasks[key] = self._load_task(key, device)
+        return self._tasks[key]
+
+    def _load_task(self, key: str, device=None) -> tuple[Task, dict[str, Any]]:
         name, _ = self.checkpoint(key)
         path = self.require(key)
         device = device or default_device()
@@ -107,7 +114,11 @@ class Project:
         group = ckpt.get("params") or (self.params.get("train") or {}).get(name)
         if not isinstance(group, Mapping) or "family" not in group:
             raise UserError(f"{path}: the checkpoint names no family in its params")
-        task = task_for(name, {"train": {name: dict(group)}}, self.paths)
+        try:
+            task = task_for(name, {"train": {name: dict(group)}}, self.paths)
+        except UserError as e:  # e.g. a checkpoint from another version of the code
+            msg = str(e).replace(f"params.yaml train.{name}.", "saved param ")
+            raise UserError(f"{relative(path)}: does not fit this code's model ({msg})") from None
         task.device = device
         return task, ckpt
 

@@ -185,8 +185,11 @@ def run(args) -> int:
             f"{index}: the index has no videos; add some with `vidmem index FOLDER --out {index}`"
         )
     project = Project.open(args.project, overrides=vars(args))
-    for key in ("emcl", "mrnet") if args.audio is None else ("mrnet_speech",):
+    keys = ("emcl", "mrnet") if args.audio is None else ("mrnet_speech",)
+    for key in keys:
         project.require(key)
+    for key in keys:
+        project.task(key)  # loads and checks it (kept for the run)
     params = project.extract_params(project.clip_checkpoint())
     if args.audio is None:
         root = encoder_root(index, project, catalog)

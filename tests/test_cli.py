@@ -111,7 +111,8 @@ def test_missing_checkpoints_name_their_stage(untrained, tmp_path, capsys):
     rc, _, err = run(
         capsys, "caption", str(videos), "--project", str(untrained), "--cm2", str(cm2), "--no-hierarchy"
     )
-    assert rc == 2 and "no video files under" in error_line(err)  # every checkpoint found: on to the videos
+    # every checkpoint is there: each is loaded before any work, and an empty file is refused in one line
+    assert rc == 2 and "my_cm2.pt: not a checkpoint torch can read" in error_line(err)
 
 
 def test_search_names_the_missing_model(untrained, tmp_path, capsys):
