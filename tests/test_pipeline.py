@@ -213,8 +213,8 @@ def test_vidmem_index_and_search(project, own, own_index, tmp_path, capsys):
     assert list(catalog["failed"]) == [str(own / "broken.mp4")]
     wav = spoken(tmp_path / "q.wav", "a red circle grows")
     for query in (["a red circle moves left"], ["--audio", str(wav)]):
-        doc = json.loads(vidmem(capsys, project, "search", str(own_index), *query, "--json", "--moments", "2"))
-        rows = doc["results"]
+        printed = vidmem(capsys, project, "search", str(own_index), *query, "--json", "--moments", "2")
+        rows = json.loads(printed)["results"]
         assert [r["rank"] for r in rows] == [1, 2, 3]
         assert {r["video_id"] for r in rows} == set(catalog["videos"])
         assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
