@@ -8,8 +8,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian package that provides each command the pipeline calls (g++: the tests run the CUDA kernels' sources
-# on CPU threads).
-SYSTEM_TOOLS := ffmpeg:ffmpeg ffprobe:ffmpeg espeak-ng:espeak-ng java:openjdk-17-jre-headless g++:g++
+# on CPU threads; chromium: the tests open the report in headless Chromium).
+SYSTEM_TOOLS := ffmpeg:ffmpeg ffprobe:ffmpeg espeak-ng:espeak-ng java:openjdk-17-jre-headless g++:g++ \
+                chromium:chromium
 PYTEST_ARGS ?=
 # Stages call `python`, `dvc`, `torchrun`: the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -54,8 +55,10 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 dvc-init: venv
 	@[ -d .dvc ] || $(BIN)/dvc init -q
 
+## The pipeline, then every family's headline metric against its baseline (reports/index.html has the rest).
 repro: install
 	$(BIN)/dvc repro
+	$(BIN)/python -m vidmem.report.headline
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,7 +86,8 @@ def test_every_stage_ran(project):
     assert {"synth", "ingest", "compress", "finetune_clip", "extract@clip", "extract@lavila", "extract@text",
             "bank", "train@pdvc", "train@cm2", "evaluate@pdvc", "evaluate@cm2", "evaluate@dense_trivial",
             "train@meanp", "train@emcl", "evaluate@retrieval", *RECAP_STAGES,
-            "extract@audio", "train@mmn", "train@mrnet", "train@mrnet_speech", "evaluate@grounding"} <= set(stages)
+            "extract@audio", "train@mmn", "train@mrnet", "train@mrnet_speech", "evaluate@grounding",
+            "report"} <= set(stages)
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert set(stages) <= set(lock)
     for name in ("synth", "ingest", "compress", "clip", "features_clip", "bank", "pdvc", "cm2", "dense_trivial",
@@ -143,6 +145,77 @@ def test_second_repro_is_a_fast_no_op(project):
     run(project, "dvc", "repro", "compress")
     assert time.perf_counter() - t < 3.0, "a no-op `dvc repro compress` must take under 3 s"
     assert elapsed < 15.0
+
+
+TRAINED = ("finetune_clip", "pdvc", "cm2", "meanp", "emcl", "recap_clip", "recap_segment", "recap_video",
+           "recap_flat", "recapu", "mmn", "mrnet", "mrnet_speech")
+
+
+def test_report_renders_in_headless_chromium(project, tmp_path):
+    """reports/index.html loads in Debian's chromium without a console message, shows every section and the
+    numbers of the metrics files, and its screenshot is not blank."""
+    from vidmem.report import browser
+
+    html = project / "reports" / "index.html"
+    assert sorted(p.name for p in html.parent.iterdir()) == ["index.html"]
+    page = browser.load(html, tmp_path / "report.png", 1280, 2400)
+    assert page.body.get("data-report") == "loaded" and page.body.get("data-errors") == "0", page.body
+    assert page.body.get("data-sections") == "6" and page.console == [], page.console
+    dom = page.dom
+    for section in ("metrics", "curves", "timelines", "grounding", "retrieval", "hierarchy"):
+        assert f'<section id="{section}">' in dom
+    m = {n: json.loads((project / "metrics" / f"{n}.json").read_text())
+         for n in ("cm2", "pdvc", "retrieval", "grounding", "recap")}
+    for value in (m["cm2"]["METEOR"] * 100, m["pdvc"]["CIDEr"] * 100, m["retrieval"]["emcl"]["t2v"]["R1"],
+                  m["grounding"]["mrnet"]["R@1,IoU@0.5"] * 100,
+                  m["recap"]["recap_video"]["video/CIDEr"] * 100):
+        assert f">{value:.2f}<" in dom, value
+    for model in TRAINED:                                                       # every DVCLive curve
+        assert f'data-model="{model}"' in dom, model
+    assert dom.count("data:image/jpeg;base64,") >= 8                    # thumbnails from data/compressed
+    assert "not computed" not in dom.split('id="family-membridge"')[0]           # every built family is there
+    std, colours = browser.pixel_spread(tmp_path / "report.png")
+    assert std > 10 and colours > 100, (std, colours)
+
+
+@pytest.mark.slow
+def test_plots_and_exp_show_cover_every_family(project):
+    """Slow (two DVC commands over every plot and metrics file); the declarations it relies on are the
+    dvc.yaml entries test_every_stage_ran reads back from dvc.lock."""
+    plots = json.loads(run(project, "dvc", "plots", "show", "--json").stdout)
+    files = json.dumps(plots)
+    for model in TRAINED:
+        assert f"dvclive/{model}/plots/metrics" in files, model
+    shown = run(project, "dvc", "exp", "show", "--json").stdout
+    for name in ("cm2", "pdvc", "dense_trivial", "retrieval", "grounding", "recap", "clip"):
+        assert f"metrics/{name}.json" in shown, name
+
+
+def descendants(root: Path, stages: set[str]) -> set[str]:
+    """Every stage downstream of `stages` (from `dvc dag --dot` edges)."""
+    dot = run(root, "dvc", "dag", "--dot").stdout
+    edges = re.findall(r'"([^"]+)"\s*->\s*"([^"]+)"', dot)
+    out, todo = set(), set(stages)
+    while todo:
+        todo = {b for a, b in edges if a in todo} - out
+        out |= todo
+    return out - stages
+
+
+def test_one_model_param_reruns_only_its_stages(project):
+    """`dvc exp run -S train.cm2.soft_k=…` touches train@cm2 and evaluate@cm2 (the stages that read
+    train.cm2) and, downstream, only the report."""
+    path = project / "params.yaml"
+    orig = path.read_text()
+    params = yaml.safe_load(orig)
+    params["train"]["cm2"]["soft_k"] = 2
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        changed = set(json.loads(run(project, "dvc", "status", "--json").stdout))
+    finally:
+        path.write_text(orig)
+    assert changed == {"train@cm2", "evaluate@cm2"}
+    assert descendants(project, changed) == {"report"}
 
 
 # ---------------------------------------------------------------------------------------------------- vidmem

@@ -35,6 +35,7 @@ class RecapConfig:
     segment_words: int = bounded(40, lo=1)
     video_words: int = bounded(48, lo=1)
     unified_samples: int = bounded(256, lo=1)     # ReCap-U: samples drawn per level per epoch (paper 100000)
+    gate_lr_scale: float = bounded(1.0, lo=0)     # the tanh gates' lr multiplier, no weight decay (paper 1)
     beam_size: int = bounded(1, lo=1)             # 1: greedy (the paper's decoding)
     clip_sec: float = bounded(4.0, lo=0.1)        # clip window (paper 4 s)
     segment_sec: float = bounded(30.0, lo=0.1)    # segment window (paper 180 s; SynthVid's long videos: 30 s)

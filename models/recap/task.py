@@ -267,6 +267,12 @@ class RecapTask(Task):
         out["loss"] = sum(out.values()) / len(out)
         return out
 
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        gates = [p for n, p in model.named_parameters() if n.endswith("_gate")]
+        rest = [p for n, p in model.named_parameters() if not n.endswith("_gate")]
+        return [{"params": rest, "weight_decay": self.recipe.weight_decay},
+                {"params": gates, "weight_decay": 0.0, "lr_scale": self.config.gate_lr_scale}]
+
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"vocab_size": self.data.vocab.size}
 
