@@ -38,14 +38,17 @@ system:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-## Python environment: rebuilt when the pins change.
+## Python environment: rebuilt when the pins change; the project itself is installed editable, which makes
+## the `vidmem` command (pyproject.toml [project.scripts]).
 venv: $(STAMP)
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; vidmem needs Python 3.11" >&2; exit 1; }
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -r requirements.txt -c constraints.txt 2>&1 | $(QUIET)
+	$(BIN)/python -m pip install -q --no-deps -e . 2>&1 | $(QUIET)
 	$(BIN)/python -c "import torch, decord, open_clip, zarr, dvc, pycocoevalcap, cupy, ffmpeg" 
+	$(BIN)/vidmem --help >/dev/null
 	touch $@
 
 ## The repository is a DVC project; `.dvc/` is committed, so this only acts on a checkout that lacks it.
@@ -70,6 +73,7 @@ bench: install
 	$(BIN)/python -m bench.extract
 	$(BIN)/python -m bench.kernels --threads 1
 	$(BIN)/python -m bench.train
+	$(BIN)/python -m bench.caption
 
 ## GPU check (< 8 min): install, pytest -m gpu, kernel benchmarks, CM2 step GPU vs CPU; one JSON of results
 ## (README, Performance: GPU check). Without a GPU it skips the GPU steps and still writes the JSON.

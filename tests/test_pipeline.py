@@ -241,6 +241,141 @@ def test_one_model_param_reruns_only_its_stages(project):
     assert descendants(project, changed) == {"report"}
 
 
+# ---------------------------------------------------------------------------------------------------- vidmem
+# The `vidmem` command on videos the project did not make, with the checkpoints this tiny pipeline trained.
+# Before the experiment test below, which changes the workspace.
+VIDMEM = [str(BIN / "vidmem")] if (BIN / "vidmem").exists() else [sys.executable, "-m", "vidmem"]
+
+
+@pytest.fixture(scope="module")
+def own(project, tmp_path_factory) -> Path:
+    from tests.own_videos import own_folder
+
+    return own_folder(tmp_path_factory.mktemp("own") / "videos")
+
+
+def vidmem(capsys, project: Path, *argv: str) -> str:
+    from cli.main import main
+
+    rc = main([*argv, "--project", str(project)])
+    out = capsys.readouterr()
+    assert rc == 0, out.err[-3000:]
+    return out.out
+
+
+def test_vidmem_caption_own_videos(project, own, tmp_path, capsys):
+    from metrics.dense import read_predictions
+
+    out = tmp_path / "captions"
+    printed = vidmem(capsys, project, "caption", str(own), "--out", str(out), "--hierarchy-from", "10")
+    videos = json.loads((out / "videos.json").read_text())
+    names = {Path(v["path"]).name: (vid, v) for vid, v in videos["videos"].items()}
+    assert set(names) == {"testsrc.mp4", "bars.mkv", "fractal.webm"}
+    assert list(videos["failed"]) == [str(own / "broken.mp4")] and videos["failed"][str(own / "broken.mp4")]
+    assert "broken.mp4" in printed and "testsrc.mp4" in printed
+    results = read_predictions(out / "captions.json")  # the ActivityNet result format, validated
+    assert set(results) == {vid for vid, _ in names.values()}
+    for vid, v in names.values():
+        length = {"testsrc.mp4": 12, "bars.mkv": 8, "fractal.webm": 6}[Path(v["path"]).name]
+        assert abs(v["duration"] - length) < 0.5
+        assert results[vid], vid
+        for e in results[vid]:
+            assert 0 <= e["timestamp"][0] <= e["timestamp"][1] <= v["duration"] + 1e-3  # the tiny model may
+            assert isinstance(e["sentence"], str)                                  # write an empty caption
+    levels = json.loads((out / "hierarchy.json").read_text())  # only the 12-s video is >= 10 s
+    long_vid = names["testsrc.mp4"][0]
+    assert {e["vid"] for e in levels["videos"]} == {long_vid} and levels["videos"][0]["video_summary"]
+    assert {e["vid"] for e in levels["segments"]} == {long_vid}
+    assert [round(c[1]) for c in levels["clips"]] == [0, 4, 8]   # a clip caption every 4 s
+    page = (out / "index.html").read_text()
+    assert all(n in page for n in names) and "broken.mp4" in page
+
+
+@pytest.fixture(scope="module")
+def own_index(project, own, tmp_path_factory) -> Path:
+    from cli.main import main
+
+    index = tmp_path_factory.mktemp("own_index") / "index"
+    assert main(["index", str(own), "--out", str(index), "--project", str(project)]) == 0
+    return index
+
+
+def test_vidmem_index_and_search(project, own, own_index, tmp_path, capsys):
+    from tests.own_videos import spoken
+
+    catalog = json.loads((own_index / "index.json").read_text())
+    assert sorted(Path(v["input"]["path"]).name for v in catalog["videos"].values()) == \
+        ["bars.mkv", "fractal.webm", "testsrc.mp4"]
+    assert list(catalog["failed"]) == [str(own / "broken.mp4")]
+    wav = spoken(tmp_path / "q.wav", "a red circle grows")
+    for query in (["a red circle moves left"], ["--audio", str(wav)]):
+        printed = vidmem(capsys, project, "search", str(own_index), *query, "--json", "--moments", "2")
+        rows = json.loads(printed)["results"]
+        assert [r["rank"] for r in rows] == [1, 2, 3]
+        assert {r["video_id"] for r in rows} == set(catalog["videos"])
+        assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+        for r in rows:
+            assert 1 <= len(r["moments"]) <= 2
+            assert all(0 <= m["start"] < m["end"] <= r["duration"] + 1e-3 for m in r["moments"])
+    table = vidmem(capsys, project, "search", str(own_index), "a red circle", "--top", "1")
+    assert "ranked by emcl" in table and len([line for line in table.splitlines() if " s   " in line]) == 3
+
+
+def test_vidmem_index_update_processes_only_changes(project, own, own_index, capsys):
+    from tests.own_videos import SOURCES, lavfi
+
+    before = json.loads((own_index / "index.json").read_text())["videos"]
+    by_name = {Path(e["input"]["path"]).name: v for v, e in before.items()}
+    (own / "fractal.webm").unlink()                                     # removed
+    source, _, codec = SOURCES["bars.mkv"]
+    lavfi(own / "bars.mkv", source, 9, codec)                           # changed: 9 s now
+    source, _, codec = SOURCES["testsrc.mp4"]
+    lavfi(own / "new" / "late.mp4", source.replace("testsrc", "testsrc2"), 5, codec)   # new
+    printed = vidmem(capsys, project, "index", str(own), "--out", str(own_index))
+    assert "1 new, 1 changed, 1 unchanged, 1 removed, 1 failed" in printed
+    after = json.loads((own_index / "index.json").read_text())["videos"]
+    kept, bars = by_name["testsrc.mp4"], by_name["bars.mkv"]
+    assert after[kept] == before[kept]                                  # untouched: same store, not redone
+    assert abs(after[bars]["duration"] - 9) < 0.5 and after[bars]["stores"] != before[bars]["stores"]
+    (new,) = set(after) - {kept, bars}
+    assert after[new]["stores"] == after[bars]["stores"] != after[kept]["stores"]  # one new batch for both
+    assert sorted(p.name for p in (own_index / "batches").iterdir()) == \
+        sorted({e["stores"]["clip"] for e in after.values()})           # only batches still pointed at
+    doc = json.loads(vidmem(capsys, project, "search", str(own_index), "a shape", "--json"))
+    assert {r["video_id"] for r in doc["results"]} == set(after)
+
+
+@pytest.mark.slow  # a second interpreter (~10 s); the fast variant: tests/test_cli.py (an interrupted update)
+def test_vidmem_index_resumes_after_kill(project, own, own_index, tmp_path, capsys):
+    """kill -9 mid-way (after the first compressed video), rerun: the same index as an uninterrupted run."""
+    import signal
+
+    import numpy as np
+
+    from cli.index import Catalog, IndexedFeatures
+
+    index = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*VIDMEM, "index", str(own), "--out", str(index), "--project", str(project)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    t = time.monotonic()
+    while not list((index / "compressed").glob("[!.]*.mp4")) and proc.poll() is None \
+            and time.monotonic() - t < 120:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (index / "index.json").exists(), "the run finished before the kill"
+    vidmem(capsys, project, "index", str(own), "--out", str(index))
+    a, b = Catalog.read(own_index), Catalog.read(index)
+    strip = lambda c: {v: {k: x for k, x in e.items() if k != "stores"} for v, e in c.videos.items()}  # noqa: E731
+    assert strip(a) == strip(b) and a.failed == b.failed
+    fa, fb = IndexedFeatures(own_index, a, "clip"), IndexedFeatures(index, b, "clip")
+    for vid in a.videos:
+        assert np.array_equal(fa.get(vid), fb.get(vid))
+        assert np.array_equal(fa.get(vid, "times"), fb.get(vid, "times"))
+
+
 def test_exp_run_reruns_and_metrics_diff_shows_the_change(project):
     run(project, "git", "add", "-A")
     run(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline results")
