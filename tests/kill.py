@@ -54,7 +54,8 @@ def stage(root: Path, module: str, *args: str, kill_at: int = 0, count: bool = F
     if count:
         extra["VIDMEM_TEST_COUNT_TO"] = str(counter)
     full_env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
-                "VIDMEM_LOG": "WARNING", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **extra, **(env or {})}
+                "VIDMEM_LOG": "WARNING", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **extra,
+                **(env or {})}
     proc = subprocess.run([sys.executable, "-c", _BOOT, module, *args], cwd=root, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
     n = int(counter.read_text()) if count and counter.exists() else None

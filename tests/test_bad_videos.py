@@ -49,17 +49,19 @@ def _corpus() -> dict:
                                                          d / "truncated_no_index.mp4"), "failed",
                                "moov atom not found"),
         "truncated_with_index": (lambda d: media.truncated(
-            media.lavfi_video(d / ".t2.mp4", duration=6, faststart=True), d / "truncated_with_index.mp4", 0.5),
-            "done", ""),
+            media.lavfi_video(d / ".t2.mp4", duration=6, faststart=True), d / "truncated_with_index.mp4",
+            0.5), "done", ""),
         "zero_bytes": (lambda d: media.zero_byte(d / "zero_bytes.mp4"), "failed", "empty file (0 bytes)"),
         "text_named_mp4": (lambda d: _text(d / "text_named_mp4.mp4"), "failed",
                            "Invalid data found when processing input"),
-        "audio_only": (lambda d: _audio_only_mp4(d / "audio_only.mp4"), "failed", "no video stream (streams: audio)"),
+        "audio_only": (lambda d: _audio_only_mp4(d / "audio_only.mp4"), "failed",
+                       "no video stream (streams: audio)"),
         "one_frame": (lambda d: _encode(d / "one_frame.mp4", *x264, "-frames:v", "1", rate=1), "done", ""),
         "one_short_frame": (lambda d: _encode(d / "one_short_frame.mp4", *x264, "-frames:v", "1"), "failed",
                             "ffmpeg wrote an unreadable file"),  # 0.1 s: no frame falls on the 3-fps grid
         "vfr": (lambda d: media.vfr_video(d / "vfr.mp4", ((10, 0.7), (30, 0.7), (5, 0.6))), "done", ""),
-        "rotated": (lambda d: media.lavfi_video(d / "rotated.mp4", 320, 240, duration=DUR, rotate=90), "done", ""),
+        "rotated": (lambda d: media.lavfi_video(d / "rotated.mp4", 320, 240, duration=DUR, rotate=90),
+                    "done", ""),
         "odd_dims": (lambda d: media.lavfi_video(d / "odd_dims.mp4", 321, 241, duration=DUR), "done", ""),
         "yuv444p": (lambda d: _encode(d / "yuv444p.mp4", *x264, "-pix_fmt", "yuv444p"), "done", ""),
         "ten_bit": (lambda d: _encode(d / "ten_bit.mp4", *x264, "-pix_fmt", "yuv420p10le"), "done", ""),
@@ -139,16 +141,17 @@ def test_compress_processes_or_lists_every_input(processed):
     assert 0 < cut["output"]["frames"] < FPS * 6 and cut.get("warnings")
 
 
-@pytest.mark.xfail(strict=True, reason="vidmem/video.py read_back() keeps decord's log prefix '[HH:MM:SS] "
-                   "/github/workspace/src/video/video_reader.cc:151: ' in the reason, so the ledger row (a DVC "
-                   "output) differs with the wall-clock second")
+@pytest.mark.xfail(strict=True, reason="vidmem/video.py read_back() keeps decord's log prefix "
+                   "'[HH:MM:SS] /github/workspace/src/video/video_reader.cc:151: ' in the reason, so the "
+                   "ledger row (a DVC output) differs with the wall-clock second")
 def test_failure_reasons_carry_no_clock_time(processed, tmp_path):
     """A failure reason sits in data/compressed/ledger.jsonl, a DVC output: it must not vary run to run."""
     first = _ledger(Paths(processed).compressed / "ledger.jsonl")
     time.sleep(1.1)
     again = tmp_path / "again"
-    compress_all([v for v in Manifest.read(Paths(processed).manifest).videos if v.video_id == "one_short_frame"],
-                 again, CompressConfig(fps=FPS, workers=1))
+    videos = Manifest.read(Paths(processed).manifest).videos
+    one = [v for v in videos if v.video_id == "one_short_frame"]
+    compress_all(one, again, CompressConfig(fps=FPS, workers=1))
     reason = _ledger(again / "ledger.jsonl")["one_short_frame"]["reason"]
     assert not re.search(r"\[\d\d:\d\d:\d\d\]", first["one_short_frame"]["reason"])
     assert reason == first["one_short_frame"]["reason"]

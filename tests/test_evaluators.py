@@ -81,9 +81,9 @@ def _dense_cli(tmp_path: Path, bin_dir: Path, timeout: float) -> subprocess.Comp
     write_predictions(tmp_path / "results.json", {"v": pred((0, 10, GUITAR))})
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
            "VIDMEM_LOG": "WARNING"}
-    return subprocess.run([sys.executable, "-m", "metrics.dense", "results.json", "val_1.json", "--tious", "0.5",
-                           "-o", "scores.json"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    cmd = [sys.executable, "-m", "metrics.dense", "results.json", "val_1.json", "--tious", "0.5",
+           "-o", "scores.json"]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_dense_evaluator_reports_a_dead_meteor_jvm(tmp_path):

@@ -1,6 +1,7 @@
-"""A resumed training run's checkpoints must be the uninterrupted run's bytes, not only its values: DVC hashes
-bytes, so a `last.pt` that differs after a kill and rerun makes `dvc.lock` differ from a clean run's and reruns
-every stage that reads the checkpoint folder. (The values are equal: test_recipe.py, test_dense_train.py.)
+"""A resumed training run's checkpoints must be the uninterrupted run's bytes, not only its values: DVC
+hashes bytes, so a `last.pt` that differs after a kill and rerun makes `dvc.lock` differ from a clean run's
+and reruns every stage that reads the checkpoint folder. (The values are equal: test_recipe.py,
+test_dense_train.py, test_kill_resume.py.)
 """
 from __future__ import annotations
 
@@ -34,9 +35,9 @@ def sha(path: Path) -> str:
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-@pytest.mark.xfail(strict=True, reason="vidmem/common.py save_torch() pickles object identity: after a resume, "
-                   "optimizer param_groups and history keys come from torch.load (not interned, not shared with "
-                   "params), so pickle's memo writes other opcodes — last.pt holds equal values in other bytes")
+@pytest.mark.xfail(strict=True, reason="vidmem/common.py save_torch() pickles object identity: after a "
+                   "resume, optimizer param_groups and history keys come from torch.load (not interned, not "
+                   "shared with params), so pickle's memo writes other opcodes: equal values, other bytes")
 def test_resumed_last_checkpoint_is_byte_identical(tmp_path):
     fit(toy(tmp_path), tmp_path / "full", device="cpu", progress=False)
     with pytest.raises(Killed):
