@@ -10,12 +10,14 @@ other rows are, and every input entry is either kept or counted as dropped.
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.test_ingest import A, EGO_VID, clips, project  # noqa: F401  (pytest fixtures)
+from tests.test_ingest import A, EGO_VID, build_project, clips  # noqa: F401  (clips: a pytest fixture)
 from vidmem.common import UserError
 from vidmem.formats import FORMATS
 from vidmem.formats.assemble import ingest
@@ -54,12 +56,18 @@ def test_every_registered_format_is_in_the_table():
 
 
 # ---------------------------------------------------------------------------------------------- breakers
+def _replace(path: Path, data: bytes) -> None:
+    """A new file under the old name: the test's tree shares its files with the pristine one (hard links)."""
+    path.unlink()
+    path.write_bytes(data)
+
+
 def _json(rel: str, change):
     def breaker(root: Path) -> None:
         path = root / "raw" / A / rel
         data = json.loads(path.read_text(encoding="utf-8"))
         change(data)
-        path.write_text(json.dumps(data, allow_nan=True), encoding="utf-8")
+        _replace(path, json.dumps(data, allow_nan=True).encode())
     return breaker
 
 
@@ -70,13 +78,13 @@ def _text(rel: str, old: bytes | str, new: bytes | str):
         new_b = new.encode() if isinstance(new, str) else new
         data = path.read_bytes()
         assert old_b in data, f"{rel} lacks {old_b!r}: the fixture changed"
-        path.write_bytes(data.replace(old_b, new_b, 1))
+        _replace(path, data.replace(old_b, new_b, 1))
     return breaker
 
 
 def _write(rel: str, data: bytes | str):
     def breaker(root: Path) -> None:
-        (root / "raw" / A / rel).write_bytes(data.encode() if isinstance(data, str) else data)
+        _replace(root / "raw" / A / rel, data.encode() if isinstance(data, str) else data)
     return breaker
 
 
@@ -349,6 +357,31 @@ CASES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, clips) -> Path:  # noqa: F811
+    return build_project(tmp_path_factory.mktemp("annotations"), clips)
+
+
+@pytest.fixture(scope="module")
+def clean_sources(pristine) -> dict[str, dict]:
+    """Each format's source report on the unbroken fixtures (which must have no problem)."""
+    cwd = Path.cwd()
+    os.chdir(pristine)
+    try:
+        reports = {fmt: _run(pristine, fmt, "skip").report for fmt in SRC}
+    finally:
+        os.chdir(cwd)
+    assert all(r["skipped"] == [] for r in reports.values()), "the fixtures themselves have problems"
+    return {fmt: r["sources"][0] for fmt, r in reports.items()}
+
+
+@pytest.fixture
+def project(pristine, tmp_path) -> Path:
+    """A copy of the pristine project whose files are hard links (cheap); breakers write new files."""
+    shutil.copytree(pristine / "raw", tmp_path / "raw", copy_function=os.link)
+    return tmp_path
+
+
 def _run(project: Path, fmt: str, on_error: str):
     cfg = {"root": "raw", "on_error": on_error, "time_tolerance": 1.0, "probe_workers": 2,
            "sources": [dict(SRC[fmt], videos="videos")]}
@@ -356,10 +389,8 @@ def _run(project: Path, fmt: str, on_error: str):
 
 
 @pytest.mark.parametrize("fmt, case, breaker, expected", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
-def test_bad_annotation_is_named_or_listed(project, monkeypatch, fmt, case, breaker, expected):
+def test_bad_annotation_is_named_or_listed(project, clean_sources, monkeypatch, fmt, case, breaker, expected):
     monkeypatch.chdir(project)
-    clean = _run(project, fmt, "skip")
-    assert clean.report["skipped"] == [], "the fixture itself has problems"
     breaker(project)
     file, entry, field, words = expected
     file = f"{AN}/{file}"
@@ -380,7 +411,7 @@ def test_bad_annotation_is_named_or_listed(project, monkeypatch, fmt, case, brea
     assert field in {s["field"] for s in listed}
     assert all(s["reason"] and s["source"] for s in report["skipped"])
     (src,) = report["sources"]
-    (before,) = clean.report["sources"]
+    before = clean_sources[fmt]
     rows = sum(len(getattr(res.manifest, t)) for t in ("events", "queries", "captions", "hierarchy", "qa"))
     assert rows == src["kept"] and src["dropped"] == sum(s["dropped"] for s in report["skipped"])
     if entry == "whole file":
@@ -399,11 +430,11 @@ KEEPS_EVERY_ROW = {"duplicate_id"}
     ("mmn", _json(MMN, _set("AKO6M", "sentences", ["only one"])), 2),
     ("tacos", _json(TACOS, _delete("s30-d52.avi", "fps")), 2),
 ])
-def test_a_dropped_video_entry_counts_all_its_events(project, monkeypatch, fmt, breaker, lost):
+def test_a_dropped_video_entry_counts_all_its_events(project, clean_sources, monkeypatch, fmt, breaker, lost):
     """Every input entry is in the manifest or counted: a video entry dropped whole counts each of its
     events, also when the list it lacks or has short is the sentences (its timestamps still tell)."""
     monkeypatch.chdir(project)
-    (before,) = _run(project, fmt, "skip").report["sources"]
+    before = clean_sources[fmt]
     breaker(project)
     (after,) = _run(project, fmt, "skip").report["sources"]
     assert after["kept"] == before["kept"] - lost and after["dropped"] == lost
