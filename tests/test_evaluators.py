@@ -1,6 +1,7 @@
 """Evaluators under failure: a METEOR JVM that hangs, dies or answers garbage is detected with a timeout and
 reported (never a hang, no JVM left behind), also through the dense evaluator's command line; predictions
-with an empty list for a video, or for a video the references lack, score as densevid_eval / SODA score them.
+with an empty list for a video score 0 like an absent one; predictions for a video the references lack are
+ignored, as densevid_eval ignores them.
 """
 from __future__ import annotations
 
@@ -107,9 +108,10 @@ PERFECT = {"v1": pred((0, 10, GUITAR), (10, 20, DOG)), "v2": pred((0, 10, DOG))}
 
 
 def test_an_empty_prediction_list_scores_zero_for_that_video(meteor):
-    """densevid_eval scores a reference video with no pairs 0 for every caption metric, and its precision and
-    recall 0 — whether it is absent or has an empty list; both count in the means over reference videos.
-    SODA differs: an absent video is left out of its mean, an empty list scores 0 in it."""
+    """densevid_eval scores an absent reference video 0 for every caption metric and for precision and recall,
+    counted in the means over reference videos; an empty list is scored the same (the official code itself
+    stops on one: its precision divides by the index of the last prediction). SODA's official mean leaves an
+    absent video out; an empty list counts there as 0 (the video was predicted, nothing matched)."""
     full = evaluate_dense(PERFECT, REFS, meteor=meteor)
     empty = evaluate_dense({"v1": PERFECT["v1"], "v2": []}, REFS, meteor=meteor)
     absent = evaluate_dense({"v1": PERFECT["v1"]}, REFS, meteor=meteor)
