@@ -499,10 +499,11 @@ def test_entry_problems_name_file_entry_and_field(work: Path):
         "sentences",
         "duration",
     ]
-    assert [pr.dropped for pr in p.problems] == [1, 1, 1, 1, 1, 1, 1]
+    assert [pr.dropped for pr in p.problems] == [1, 1, 1, 1, 1, 2, 1]
     assert [(r.video_id, r.start, r.end) for r in rows(p)] == [("v_ok", 0.0, 4.0)]
-    # every input entry is a row or counted in a problem: v_ok 5 events, v_nodur 1, v_count 1, v_type 1
-    assert p.entries == 8
+    # every input entry is a row or counted in a problem: v_ok 5 events, v_nodur 1, v_count 2 (its two
+    # timestamps, though one sentence), v_type 1
+    assert p.entries == 9
 
 
 def test_time_tolerance_decides_clamp_or_error(work: Path):

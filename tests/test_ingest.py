@@ -173,6 +173,10 @@ def clips(tmp_path_factory, ffmpeg_bin: str) -> dict[str, Path]:
 @pytest.fixture
 def project(tmp_path: Path, clips: dict[str, Path]) -> Path:
     """tmp_path/{params.yaml, raw/{annotations,videos,audio}}: the stage runs with tmp_path as its cwd."""
+    return build_project(tmp_path, clips)
+
+
+def build_project(tmp_path: Path, clips: dict[str, Path]) -> Path:
     root = tmp_path / "raw"
     shutil.copytree(FIX, root / A)
     (root / A / "msvd/raw-captions.pkl").write_bytes(

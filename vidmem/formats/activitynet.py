@@ -35,7 +35,7 @@ def parse_activitynet(src: Source) -> Parsed:
     for annotator, path in enumerate(files):
         file = src.display(path)
         data = load_json(path)
-        for vid, item in checks.video_entries(out, data, file, lambda v: checks.count_list(v, "sentences")):
+        for vid, item in checks.video_entries(out, data, file, checks.event_rows):
             try:
                 checks.mapping(item, f"video '{vid}'")
                 checks.no_duplicate_keys(item)
@@ -45,7 +45,7 @@ def parse_activitynet(src: Source) -> Parsed:
                 if len(stamps) != len(sentences):
                     raise Bad("sentences", f"{len(sentences)} sentences for {len(stamps)} timestamps")
             except Bad as bad:
-                out.problem(file, f"video '{vid}'", bad, checks.count_list(item, "sentences"))
+                out.problem(file, f"video '{vid}'", bad, checks.event_rows(item))
                 continue
             out.video(vid, duration)
             for i, (stamp, sentence) in enumerate(zip(stamps, sentences, strict=True)):

@@ -175,11 +175,17 @@ def video_entries(
         out.problem(file, f"video '{raw}'", bad, count(value))
 
 
-def count_list(value: Any, name: str) -> int:
-    """How many rows an entry holds (its list `name`, at least 1), for problems that drop the whole entry."""
-    if isinstance(value, Mapping) and isinstance(value.get(name), list):
-        return max(1, len(value[name]))
-    return 1
+def count_list(value: Any, *names: str) -> int:
+    """How many rows an entry holds (the longest of its lists `names`, at least 1), for problems that drop
+    the whole entry: with 'sentences' missing or short, its 'timestamps' still tell how many events it had."""
+    if not isinstance(value, Mapping):
+        return 1
+    return max([1, *(len(value[n]) for n in names if isinstance(value.get(n), list))])
+
+
+def event_rows(item: Any) -> int:
+    """Rows an ActivityNet-style video entry holds: one per event, by its sentences or its timestamps."""
+    return count_list(item, "sentences", "timestamps")
 
 
 def _kind(value: Any) -> str:

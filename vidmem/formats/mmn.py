@@ -38,7 +38,7 @@ def _parse(src: Source, *, frames: bool, need_audio: bool) -> Parsed:
     file = src.display(path)
     audio_dir = src.optional("audio")
     data = load_json(path)
-    for vid, item in checks.video_entries(out, data, file, lambda v: checks.count_list(v, "sentences")):
+    for vid, item in checks.video_entries(out, data, file, checks.event_rows):
         try:
             checks.mapping(item, f"video '{vid}'")
             checks.no_duplicate_keys(item)
@@ -61,7 +61,7 @@ def _parse(src: Source, *, frames: bool, need_audio: bool) -> Parsed:
                     raise Bad("audios", f"{len(audios)} audios for {len(sentences)} sentences")
             speaker = checks.text(item["speaker"], "speaker") if item.get("speaker") is not None else None
         except Bad as bad:
-            out.problem(file, f"video '{vid}'", bad, checks.count_list(item, "sentences"))
+            out.problem(file, f"video '{vid}'", bad, checks.event_rows(item))
             continue
         out.video(vid, duration)
         unit = "frame" if frames else "s"
