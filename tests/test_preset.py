@@ -34,26 +34,19 @@ def test_every_public_dataset_has_a_preset():
 
 def check_readers(params: dict) -> None:
     """The merged params pass the readers the stages use (an unknown or mistyped key is an error)."""
-    from models.dense.config import DenseConfig
     from models.encoders.clip import ClipConfig
     from models.encoders.extract import ExtractConfig
-    from models.grounding.config import GroundingConfig
-    from models.recap.config import RecapConfig
-    from models.retrieval.config import RetrievalConfig
+    from stages.dispatch import task_for
     from vidmem.params import read
-    from vidmem.training import read_task_params
+    from vidmem.paths import Paths
     from vidmem.video import CompressConfig
 
-    configs = {"dense": DenseConfig, "grounding": GroundingConfig, "recap": RecapConfig,
-               "retrieval": RetrievalConfig}
     ingest_config(params["ingest"])
     read(ClipConfig, params["clip"], "clip")
     read(ExtractConfig, params["extract"], "extract")
     read(CompressConfig, params["compress"], "compress")
-    for name, group in params["train"].items():
-        fam = group["family"]
-        layers = [(params["families"][fam], f"families.{fam}"), (group, f"train.{name}")]
-        read_task_params(configs[fam], layers)
+    for name in [*params["train"], *params.get("baselines", {})]:    # every family's own reader, by dispatch
+        task_for(name, params, Paths())
 
 
 @pytest.mark.parametrize("name", NAMES)
