@@ -36,7 +36,7 @@ from models.membridge.config import MemBridgeConfig
 from models.membridge.data import Words, answer_set, distinct_video_batches, dual_similarity
 from models.membridge.model import MemBridgeModel
 from models.retrieval.data import Split, StoredFrames, StoredTexts
-from models.retrieval.task import RetrievalChance
+from models.retrieval.task import RetrievalChance, RetrievalTask
 from vidmem.common import UserError, read_json, write_json
 from vidmem.formats.vocab import tokenize
 from vidmem.manifest import QA, Manifest
@@ -329,18 +329,10 @@ class RerankTask(MemBridgeTask):
                 "score": m["t2v"]["R1"] - 1e-3 * m["t2v"]["MeanR"]}
 
     def predict(self, model, split: str):
-        s = self.split(split)
-        return {"sim": self.similarity(model, split), "rows": s.row_ids(), "cols": list(s.videos)}
+        return RetrievalTask.predict(self, model, split)      # the retrieval family's similarity-matrix format
 
     def write_predictions(self, predictions, path: Path) -> Path:
-        """<path>.npy (texts × videos, float64), <path>.rows.json, <path>.cols.json."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        npy = path.with_name(path.name + ".npy")
-        np.save(npy, np.asarray(predictions["sim"], dtype=np.float64))
-        write_json(path.with_name(path.name + ".rows.json"), predictions["rows"])
-        write_json(path.with_name(path.name + ".cols.json"), predictions["cols"])
-        return npy
+        return RetrievalTask.write_predictions(self, predictions, path)
 
     def evaluate(self, predictions, split: str):
         col = {v: j for j, v in enumerate(predictions["cols"])}
