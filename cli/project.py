@@ -123,32 +123,24 @@ class Project:
         return task, ckpt
 
     # ---------------------------------------------------------------------------------------- other inputs
-    def clip_checkpoint(self) -> Path:
-        path = Path(self.overrides.get("clip") or self.paths.clip_checkpoint)
-        if not path.is_file():
-            raise UserError(
-                f"{relative(path)}: CLIP checkpoint not found; run `dvc repro finetune_clip` in "
-                f"{relative(self.root)} (or `make repro`), or pass --clip-checkpoint PATH"
-            )
+    def _input(self, key: str, default: Path, marker: str, what: str, stage: str, flag: str) -> Path:
+        """A pipeline output the command reads (or the one the user names): one line naming what makes it."""
+        path = Path(self.overrides.get(key) or default)
+        if not (path / marker if marker else path).is_file():
+            raise UserError(f"{relative(path)}: {what} not found; run `dvc repro {stage}` in "
+                            f"{relative(self.root)} (or `make repro`), or pass {flag} PATH")
         return path
+
+    def clip_checkpoint(self) -> Path:
+        return self._input("clip", self.paths.clip_checkpoint, "", "CLIP checkpoint", "finetune_clip",
+                           "--clip-checkpoint")
 
     def vocab_file(self) -> Path:
-        path = Path(self.overrides.get("vocab") or self.paths.manifest / "vocab.json")
-        if not path.is_file():
-            raise UserError(
-                f"{relative(path)}: caption vocabulary not found; run `dvc repro ingest` in "
-                f"{relative(self.root)} (or `make repro`), or pass --vocab PATH"
-            )
-        return path
+        return self._input("vocab", self.paths.manifest / "vocab.json", "", "caption vocabulary", "ingest",
+                           "--vocab")
 
     def bank_path(self) -> Path:
-        path = Path(self.overrides.get("bank") or self.paths.bank)
-        if not (path / "zarr.json").is_file():
-            raise UserError(
-                f"{relative(path)}: CM2 memory bank not found; run `dvc repro bank` in "
-                f"{relative(self.root)} (or `make repro`), or pass --bank PATH"
-            )
-        return path
+        return self._input("bank", self.paths.bank, "zarr.json", "CM2 memory bank", "bank", "--bank")
 
     def extract_params(self, clip_ckpt: Path) -> dict[str, Any]:
         """params.yaml with the CLIP config the checkpoint was tuned with (its own `params.clip`)."""

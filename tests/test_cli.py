@@ -115,18 +115,19 @@ def test_missing_checkpoints_name_their_stage(untrained, tmp_path, capsys):
     assert rc == 2 and "my_cm2.pt: not a checkpoint torch can read" in error_line(err)
 
 
-def test_search_names_the_missing_model(untrained, tmp_path, capsys):
+def one_video_index(tmp_path: Path) -> Path:
+    """An index catalog naming one video (its stores need not exist: the model checks come first)."""
     index = tmp_path / "idx"
     index.mkdir()
     Catalog(
-        videos={
-            "a-1": {
-                "input": {"path": "/x/a.mp4", "size": 1, "mtime_ns": 1},
-                "duration": 3.0,
-                "stores": {"clip": "clip-0"},
-            }
-        }
+        videos={"a-1": {"input": {"path": "/x/a.mp4", "size": 1, "mtime_ns": 1}, "duration": 3.0,
+                        "stores": {"clip": "clip-0"}}}
     ).write(index)
+    return index
+
+
+def test_search_names_the_missing_model(untrained, tmp_path, capsys):
+    index = one_video_index(tmp_path)
     rc, _, err = run(capsys, "search", str(index), "a red circle", "--project", str(untrained))
     assert rc == 2 and "`dvc repro train@emcl`" in error_line(err)
     rc, _, err = run(capsys, "search", str(index), "--audio", "q.wav", "--project", str(untrained))
@@ -134,17 +135,7 @@ def test_search_names_the_missing_model(untrained, tmp_path, capsys):
 
 
 def test_an_unreadable_checkpoint_is_one_line(untrained, tmp_path, capsys):
-    index = tmp_path / "idx"
-    index.mkdir()
-    Catalog(
-        videos={
-            "a-1": {
-                "input": {"path": "/x/a.mp4", "size": 1, "mtime_ns": 1},
-                "duration": 3.0,
-                "stores": {"clip": "clip-0"},
-            }
-        }
-    ).write(index)
+    index = one_video_index(tmp_path)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     rc, _, err = run(
