@@ -8,9 +8,9 @@
                                        checkpoint) whose data/features/<kind>.zarr models.encoders.extract
                                        writes exactly as `extract@<kind>` does
 
-A video is new or changed when its path, size or mtime differ from the catalog's (the signature `compress`
-keys its ledger to; no content hash, so an update costs one stat per file). An update compresses and extracts
-only new and changed videos, into a new batch store; removed and changed videos leave the catalog, and a batch
+A video is new or changed when its path, size or mtime differ from the catalog's (one stat per file; compress
+then reads each file once for the SHA-256 its ledger keys on). An update compresses and extracts only new and
+changed videos, into a new batch store; removed and changed videos leave the catalog, and a batch
 store no catalog entry points at any more is deleted. A batch's key hashes its videos' signatures and the
 encoder, so a killed update, rerun, finds the same batch and resumes it (the compress ledger and the store's
 finished shards), ending in the same index as an uninterrupted run.

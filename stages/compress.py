@@ -5,8 +5,8 @@ Reads `data/manifest/videos.jsonl`, writes `data/compressed/<video_id>.mp4`, the
 or ffprobe's reason) and `metrics/compress.json`.
 
 `data/compressed` is a persistent DVC output, so a killed run keeps its finished videos. The ledger decides
-what is redone: a video is skipped when its row was made from the same input file (path, size, mtime) with the
-same encode settings and its output is still there; everything else is (re)done. Each output appears under
+what is redone: a video is skipped when its row was made from the same input file (path, size, SHA-256) with
+the same encode settings and its output is still there; everything else is (re)done. Each output appears under
 its final name only complete and verified, so a kill leaves at most temporary files, removed on the next run.
 A bad video is recorded as failed and never stops the run.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -42,12 +43,18 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]*$")
 
 # -------------------------------------------------------------------------------------------------- one video
 def input_signature(path: str) -> dict[str, Any]:
-    """Path, size and mtime of an input: a changed file is redone (size and mtime None: not there)."""
+    """Path, size and SHA-256 of an input: a changed file is redone (size and digest None: not there).
+
+    The content, not the mtime: the ledger is a DVC output, and a clean rerun that writes the same input bytes
+    again (synth, a fresh checkout, a copy) must leave it byte-identical, or everything downstream reruns.
+    """
     try:
-        st = os.stat(path)
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
     except OSError:
-        return {"path": path, "size": None, "mtime_ns": None}
-    return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        return {"path": path, "size": None, "sha256": None}
+    return {"path": path, "size": size, "sha256": digest}
 
 
 def compress_one(src: str, dst: str, encode: dict[str, Any], timeout: float) -> dict[str, Any]:

@@ -141,9 +141,6 @@ def test_compress_processes_or_lists_every_input(processed):
     assert 0 < cut["output"]["frames"] < FPS * 6 and cut.get("warnings")
 
 
-@pytest.mark.xfail(strict=True, reason="vidmem/video.py read_back() keeps decord's log prefix "
-                   "'[HH:MM:SS] /github/workspace/src/video/video_reader.cc:151: ' in the reason, so the "
-                   "ledger row (a DVC output) differs with the wall-clock second")
 def test_failure_reasons_carry_no_clock_time(processed, tmp_path):
     """A failure reason sits in data/compressed/ledger.jsonl, a DVC output: it must not vary run to run."""
     first = _ledger(Paths(processed).compressed / "ledger.jsonl")

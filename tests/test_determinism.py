@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 
 from stages.compress import compress_all
 from tests.media import lavfi_video
@@ -14,9 +13,6 @@ from vidmem.manifest import Video
 from vidmem.video import CompressConfig
 
 
-@pytest.mark.xfail(strict=True, reason="stages/compress.py input_signature() writes the input's mtime_ns into "
-                   "data/compressed/ledger.jsonl, a DVC output: a clean rerun (synth writes the same bytes "
-                   "again) changes the hash of data/compressed and reruns finetune_clip and extract")
 def test_compress_outputs_do_not_depend_on_input_mtimes(tmp_path):
     src = lavfi_video(tmp_path / "raw" / "a.mp4", 160, 120, fps=6, duration=1.0)
     videos = [Video("a", str(src))]

@@ -35,9 +35,6 @@ def sha(path: Path) -> str:
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-@pytest.mark.xfail(strict=True, reason="vidmem/common.py save_torch() pickles object identity: after a "
-                   "resume, optimizer param_groups and history keys come from torch.load (not interned, not "
-                   "shared with params), so pickle's memo writes other opcodes: equal values, other bytes")
 def test_resumed_last_checkpoint_is_byte_identical(tmp_path):
     fit(toy(tmp_path), tmp_path / "full", device="cpu", progress=False)
     with pytest.raises(Killed):

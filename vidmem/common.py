@@ -7,6 +7,7 @@ User mistakes raise `UserError`; `run_stage` turns them into one clear line on s
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import hashlib
 import json
@@ -185,11 +186,38 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
     Saved to a path, torch names the archive's records after the file — our temporary name, random — so the same
     weights gave different bytes on every run and DVC reran everything downstream. Through a file object the
     records are named `archive/...` whatever the file is called.
+
+    Pickle also writes object identity: an object met twice is written once, then referenced. Equal values
+    built along different paths (a fresh run's param-group keys are the interpreter's interned strings; after a
+    resume they come from `torch.load`, one object per occurrence) gave other bytes, so the object is first
+    rebuilt by `_canonical`: containers new, every string interned. Then equal values give equal bytes.
     """
     import torch
 
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+        torch.save(_canonical(obj), f)
+
+
+def _canonical(obj: Any) -> Any:
+    """`obj` with its dicts, lists and tuples rebuilt and its strings interned (tensors and others as they are):
+    the pickle of two equal values is then the same whatever objects they shared."""
+    if type(obj) is str:
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        items = [(_canonical(k), _canonical(v)) for k, v in obj.items()]
+        if type(obj) is dict:
+            return dict(items)
+        out = copy.copy(obj)          # keeps a subclass's attributes: a state_dict's `_metadata`, a factory
+        out.clear()
+        out.update(items)
+        if isinstance(getattr(out, "_metadata", None), dict):
+            out._metadata = _canonical(out._metadata)
+        return out
+    if type(obj) is list:
+        return [_canonical(v) for v in obj]
+    if type(obj) is tuple:
+        return tuple(_canonical(v) for v in obj)
+    return obj
 
 
 @contextlib.contextmanager

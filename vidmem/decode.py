@@ -38,7 +38,7 @@ def open_video(path: str | Path):
     try:
         vr = decord.VideoReader(str(path), num_threads=1)
     except Exception as e:  # decord raises its own DECORDError / RuntimeError
-        raise DecodeError(path, f"cannot open: {_first_line(e).replace(str(path), path.name)}") from None
+        raise DecodeError(path, f"cannot open: {decord_message(e).replace(str(path), path.name)}") from None
     vr._vidmem_path = str(path)
     if len(vr) == 0:
         raise DecodeError(path, "no video frames")
@@ -48,7 +48,7 @@ def open_video(path: str | Path):
 _DECORD_NOISE = re.compile(r"\[\d\d:\d\d:\d\d\] |\S+\.(cc|h):\d+: ")
 
 
-def _first_line(e: Exception) -> str:
+def decord_message(e: Exception) -> str:
     """decord's message without its clock stamps and source locations (ledgers must repeat byte for byte)."""
     text = str(e).strip()
     line = text.splitlines()[0] if text else type(e).__name__
@@ -96,7 +96,7 @@ def read_frames(vr, indices: Sequence[int]) -> np.ndarray:
         vr.seek(0)  # stop the read-ahead
     except Exception as e:
         raise DecodeError(getattr(vr, "_vidmem_path", "video"), f"decoding frames {uniq[0]}..{uniq[-1]} failed: "
-                          f"{_first_line(e)}") from None
+                          f"{decord_message(e)}") from None
     return batch if len(uniq) == len(indices) and (inverse == np.arange(len(indices))).all() else batch[inverse]
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import ffmpeg
 
 from vidmem.common import UserError, atomic_path
+from vidmem.decode import decord_message
 from vidmem.params import bounded
 
 FFMPEG = "ffmpeg"
@@ -284,8 +285,7 @@ def read_back(path: str | os.PathLike) -> VideoInfo:
     except VideoError:
         raise
     except Exception as e:  # decord's own error types
-        text = str(e).strip().splitlines()
-        raise VideoError(path, f"decord cannot read it: {text[0][:200] if text else type(e).__name__}") from None
+        raise VideoError(path, f"decord cannot read it: {decord_message(e)}") from None
     return VideoInfo(path=str(path), width=int(width), height=int(height), duration=round(end, 6),
                      fps=round(fps, 6), frames=n, codec="h264")
 
