@@ -1,6 +1,10 @@
 """extract@clip throughput against the encoder alone, and its memory on a 60-minute video against a 1-minute one.
 
     python -m bench.extract [--rounds 3] [--videos 4] [--seconds 180] [--long 3600] [--batch 32]
+                            [--model vidmem-tiny ViT-B-32 ViT-B-16] [--no-torchrun] [--no-memory]
+
+`--model` names the open_clip architectures the bench project's `clip.model` is set to, one throughput row each
+(random weights, seed 0: nothing is downloaded; same FLOPs as the released models at their 224 px input).
 
 Inputs are SynthVid long videos (vidmem.synth, the 60-minute preset's generator) transcoded by the compress
 stage's own ffmpeg command, made once into bench/out/extract/ (git-ignored).
@@ -35,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from open_clip import get_model_config as open_clip_config
 
 from models.encoders.clip import ClipConfig, build_clip
 from vidmem.decode import batched, open_video, read_frames
@@ -72,19 +77,20 @@ def synth_videos(name: str, count: int, seconds: float) -> list[Path]:
     return sorted(folder.glob("*.mp4"))
 
 
-def make_project(root: Path, videos: list[Path], batch: int) -> Path:
+def make_project(root: Path, videos: list[Path], batch: int, model: str = "vidmem-tiny") -> Path:
     shutil.rmtree(root, ignore_errors=True)
     (root / "data" / "compressed").mkdir(parents=True)
     for v in videos:
         os.link(v, root / "data" / "compressed" / v.name)
     Manifest(videos=[Video(v.stem, str(v), None) for v in videos]).write(root / "data" / "manifest")
-    params = {"compress": {"fps": 3}, "clip": {"model": "vidmem-tiny", "pretrained": "none", "seed": 0},
+    params = {"compress": {"fps": 3}, "clip": {"model": model, "pretrained": "none", "seed": 0},
               "extract": {"batch_size": batch, "rows_per_chunk": 256, "chunks_per_shard": 4, "threads": 0,
                           "lavila": {"window": 4.0, "frames": 4, "checkpoint": "none", "dense_tokens": False},
                           "text": {"max_tokens": 32}}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     Paths(root).clip_checkpoint.parent.mkdir(parents=True)
-    torch.save({"state_dict": build_clip(ClipConfig()).model.state_dict()}, Paths(root).clip_checkpoint)
+    state = build_clip(ClipConfig(model=model)).model.state_dict()
+    torch.save({"state_dict": state}, Paths(root).clip_checkpoint)
     return root
 
 
@@ -162,17 +168,9 @@ def torchrun_fps(root: Path, procs: int) -> float:
     return rows / elapsed
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench.extract", description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--videos", type=int, default=6, help="videos in the throughput set")
-    ap.add_argument("--seconds", type=float, default=300, help="length of each throughput video")
-    ap.add_argument("--procs", type=int, default=os.cpu_count() or 1, help="torchrun ranks (one per core)")
-    ap.add_argument("--long", type=float, default=3600, help="length of the long video (memory)")
-    ap.add_argument("--batch", type=int, default=32)
-    args = ap.parse_args()
-
-    tput = make_project(OUT / "proj_throughput", synth_videos("throughput", args.videos, args.seconds), args.batch)
+def throughput(model: str, videos: list[Path], args: argparse.Namespace) -> dict:
+    """One model's row: the stage in one process (and under torchrun) against its forward-only rate."""
+    tput = make_project(OUT / f"proj_throughput_{model.replace('/', '-')}", videos, args.batch, model)
     params = yaml.safe_load((tput / "params.yaml").read_text())
     encoder = build_clip(read(ClipConfig, {**params["clip"], "pretrained": str(Paths(tput).clip_checkpoint)}, "clip"))
     decoded = []
@@ -184,43 +182,70 @@ def main() -> None:
         vr = open_video(v)
         read_frames(vr, range(len(vr)))
     decode_fps = sum(len(d) for d in decoded) / (time.perf_counter() - t)
-    print(f"throughput set: {len(decoded)} videos, {sum(len(d) for d in decoded)} frames, batch {args.batch}, "
-          f"{torch.get_num_threads()} torch threads", flush=True)
+    print(f"{model}: throughput set {len(decoded)} videos, {sum(len(d) for d in decoded)} frames, batch "
+          f"{args.batch}, {torch.get_num_threads()} torch threads", flush=True)
     stage, ranks, fwd = [], [], []
     for r in range(args.rounds):
         fwd.append(forward_fps(encoder, decoded, args.batch))
-        ranks.append(torchrun_fps(tput, args.procs))
+        if args.torchrun:
+            ranks.append(torchrun_fps(tput, args.procs))
         s, rows = stage_fps(tput)
         stage.append(s)
-        print(f"round {r + 1}: forward-only {fwd[-1]:.1f} frames/s, stage with {args.procs} torchrun ranks "
-              f"{ranks[-1]:.1f}, stage in one process {stage[-1]:.1f}", flush=True)
-    del decoded
-    ratio = statistics.median(stage) / statistics.median(fwd)
-    ratio_torchrun = statistics.median(ranks) / statistics.median(fwd)
+        print(f"{model} round {r + 1}: forward-only {fwd[-1]:.1f} frames/s, stage in one process {stage[-1]:.1f}"
+              + (f", stage with {args.procs} torchrun ranks {ranks[-1]:.1f}" if args.torchrun else ""), flush=True)
+    del decoded, encoder
     cores = os.cpu_count() or 1
-    bound = 1 / (1 + statistics.median(fwd) / (decode_fps * cores)) if not torch.cuda.is_available() else 1.0
+    fwd_med = statistics.median(fwd)
+    bound = 1 / (1 + fwd_med / (decode_fps * cores)) if not torch.cuda.is_available() else 1.0
+    row = {"model": model, "forward_fps": fwd_med, "stage_fps": statistics.median(stage),
+           "ratio": statistics.median(stage) / fwd_med, "decode_fps_one_thread": decode_fps, "cpu_bound": bound,
+           "goal": 0.85, "rounds": args.rounds, "frames": rows, "videos": len(videos),
+           "seconds": args.seconds, "batch": args.batch, "threads": torch.get_num_threads()}
+    if args.torchrun:
+        row.update(stage_torchrun_fps=statistics.median(ranks), ratio_torchrun=statistics.median(ranks) / fwd_med,
+                   procs=args.procs)
+    tp = row
+    print(f"\nextract@clip {model} throughput ({rows} frames, batch {args.batch}): stage {tp['stage_fps']:.1f} "
+          f"frames/s / forward-only {tp['forward_fps']:.1f} frames/s = {tp['ratio']:.3f} (goal >= 0.85; decoding "
+          f"at {decode_fps:.0f} frames/s on one core caps it at {bound:.3f} here even with perfect scaling)"
+          + (f"; as {args.procs} torchrun ranks {tp['stage_torchrun_fps']:.1f} frames/s = "
+             f"{tp['ratio_torchrun']:.3f} (start-up included)" if args.torchrun else ""), flush=True)
+    return row
 
-    short = make_project(OUT / "proj_1min", synth_videos("minute", 1, 60), args.batch)
-    long = make_project(OUT / "proj_60min", synth_videos("hour", 1, args.long), args.batch)
-    rss_short, rss_long = peak_rss_mb(short), peak_rss_mb(long)
-    result = {
-        "throughput": {"forward_fps": statistics.median(fwd), "stage_fps": statistics.median(stage),
-                       "ratio": ratio, "decode_fps_one_thread": decode_fps, "cpu_bound": bound,
-                       "stage_torchrun_fps": statistics.median(ranks), "ratio_torchrun": ratio_torchrun,
-                       "procs": args.procs, "goal": 0.85, "rounds": args.rounds, "frames": rows,
-                       "batch": args.batch, "threads": torch.get_num_threads()},
-        "memory": {"peak_rss_mb_1min": rss_short, "peak_rss_mb_long": rss_long, "long_seconds": args.long,
-                   "ratio": rss_long / rss_short, "goal": 1.2},
-    }
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.extract", description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--videos", type=int, default=6, help="videos in the throughput set")
+    ap.add_argument("--seconds", type=float, default=300, help="length of each throughput video")
+    ap.add_argument("--procs", type=int, default=os.cpu_count() or 1, help="torchrun ranks (one per core)")
+    ap.add_argument("--long", type=float, default=3600, help="length of the long video (memory)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--model", nargs="+", action="extend", default=None,
+                    help="open_clip architectures, one throughput row each (default: vidmem-tiny)")
+    ap.add_argument("--no-torchrun", dest="torchrun", action="store_false", help="skip the torchrun rows")
+    ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the 60-min memory row")
+    args = ap.parse_args()
+    models = args.model or ["vidmem-tiny"]
+    for m in models:
+        if open_clip_config(m.replace("/", "-")) is None:
+            raise SystemExit(f"bench.extract --model: '{m}' is not an open_clip config (e.g. ViT-B-32, ViT-B-16)")
+    print(f"bench.extract: models {' '.join(models)}, --videos {args.videos} --seconds {args.seconds:g} "
+          f"--rounds {args.rounds} --batch {args.batch}", flush=True)
+
+    videos = synth_videos("throughput", args.videos, args.seconds)
+    rows = [throughput(m, videos, args) for m in models]
+    result = {"throughput": rows[0], "models": {r["model"]: r for r in rows}}
+    if args.memory:
+        short = make_project(OUT / "proj_1min", synth_videos("minute", 1, 60), args.batch, models[0])
+        long = make_project(OUT / "proj_60min", synth_videos("hour", 1, args.long), args.batch, models[0])
+        rss_short, rss_long = peak_rss_mb(short), peak_rss_mb(long)
+        result["memory"] = {"model": models[0], "peak_rss_mb_1min": rss_short, "peak_rss_mb_long": rss_long,
+                            "long_seconds": args.long, "ratio": rss_long / rss_short, "goal": 1.2}
+        print(f"extract@clip {models[0]} peak RSS: {args.long / 60:.0f}-min video {rss_long:.0f} MB / 1-min video "
+              f"{rss_short:.0f} MB = {rss_long / rss_short:.3f} (goal <= 1.2)")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "result.json").write_text(json.dumps(result, indent=2))
-    tp = result["throughput"]
-    print(f"\nextract@clip throughput ({rows} frames, batch {args.batch}): stage {tp['stage_fps']:.1f} frames/s / "
-          f"forward-only {tp['forward_fps']:.1f} frames/s = {ratio:.3f} (goal >= 0.85; decoding at "
-          f"{decode_fps:.0f} frames/s on one core caps it at {bound:.3f} here even with perfect scaling); as {args.procs} torchrun ranks "
-          f"{tp['stage_torchrun_fps']:.1f} frames/s = {ratio_torchrun:.3f} (start-up included)")
-    print(f"extract@clip peak RSS: {args.long / 60:.0f}-min video {rss_long:.0f} MB / 1-min video {rss_short:.0f} MB "
-          f"= {rss_long / rss_short:.3f} (goal <= 1.2)")
 
 
 if __name__ == "__main__":
