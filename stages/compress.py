@@ -8,7 +8,9 @@ or ffprobe's reason) and `metrics/compress.json`.
 what is redone: a video is skipped when its row was made from the same input file (path, size, SHA-256) with
 the same encode settings and its output is still there; everything else is (re)done. Each output appears under
 its final name only complete and verified, so a kill leaves at most temporary files, removed on the next run.
-A bad video is recorded as failed and never stops the run.
+A bad video is recorded as failed and never stops the run. A video that decodes only in part (a truncated file
+behind an intact index) is done but `partial` (see `partial_tolerance`, `partial_videos`): counted and listed
+with its annotations past the decoded end in `metrics/compress.json`, never silent.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from vidmem.manifest import Manifest, Video
 from vidmem.params import read
 from vidmem.toolchain import versions
 from vidmem.paths import Paths
-from vidmem.video import CompressConfig, VideoError, compress_video, die_with_parent, ffmpeg_version
+from vidmem.video import CompressConfig, VideoError, compress_video, die_with_parent, ffmpeg_version, probe
 
 log = logging.getLogger("stages.compress")
 
@@ -57,8 +59,23 @@ def input_signature(path: str) -> dict[str, Any]:
     return {"path": path, "size": size, "sha256": digest}
 
 
-def compress_one(src: str, dst: str, encode: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Runs in a pool worker: the ledger fields for one video. Never raises for a bad video."""
+def partial_tolerance(fps: float) -> float:
+    """How far the decoded end may fall short of the input's declared length before the video is `partial`.
+
+    A clean transcode ends within a frame or two of the declared length (SynthVid: 0 to 0.17 s at 3 fps, the
+    last frame's end past the container's duration); a source that decodes only in part stops seconds early.
+    """
+    return max(1.0, 3.0 / fps)
+
+
+def compress_one(src: str, dst: str, encode: dict[str, Any], timeout: float,
+                 declared: float | None = None) -> dict[str, Any]:
+    """Runs in a pool worker: the ledger fields for one video. Never raises for a bad video.
+
+    `declared`: the input's length as the manifest has it (ingest probed it); None: probed here, after a
+    successful transcode. A video whose decoded end falls short of it by more than `partial_tolerance` is done
+    but `partial`, with `decoded_seconds` beside `input_seconds`.
+    """
     settings = {k: v for k, v in encode.items() if k != "command"}
     try:
         res = compress_video(src, dst, timeout=timeout, **settings)
@@ -67,6 +84,11 @@ def compress_one(src: str, dst: str, encode: dict[str, Any], timeout: float) -> 
     except Exception as e:  # an unexpected failure on one file must not stop the others
         return {"status": FAILED, "reason": f"{type(e).__name__}: {e}"}
     out = res.output
+    if declared is None:
+        try:
+            declared = probe(src).duration
+        except VideoError:
+            declared = None
     row = {
         "status": DONE,
         "output": {
@@ -78,7 +100,11 @@ def compress_one(src: str, dst: str, encode: dict[str, Any], timeout: float) -> 
             "bytes": os.path.getsize(dst),
         },
         "seconds": res.seconds,
+        "input_seconds": declared or out.duration,
     }
+    if declared and out.duration is not None and declared - out.duration > partial_tolerance(encode["fps"]):
+        row["partial"] = True
+        row["decoded_seconds"] = out.duration
     if res.warnings:
         row["warnings"] = res.warnings
     return row
@@ -170,7 +196,7 @@ def _compress_all(videos: list[Video], out_dir: Path, cfg: CompressConfig) -> di
             with ProcessPoolExecutor(max_workers=n_workers, initializer=die_with_parent) as pool:
                 futures: dict[Future, Video] = {
                     pool.submit(compress_one, v.path, str(out_dir / f"{v.video_id}.mp4"), encode,
-                                cfg.timeout_s): v
+                                cfg.timeout_s, v.duration): v
                     for v in todo
                 }
                 version = ffmpeg_version()  # asked while the workers start on the first videos
@@ -192,8 +218,10 @@ def _compress_all(videos: list[Video], out_dir: Path, cfg: CompressConfig) -> di
                     # Wall time varies run to run: it goes to the log, never into the ledger (a DVC output whose
                     # bytes must repeat, or every downstream stage reruns for nothing).
                     log.debug("%s: %s in %.2f s", v.video_id, row["status"], row.pop("seconds", 0.0))
-                    if row["status"] == DONE:  # the manifest's duration (ingest probed it), else the output's
-                        row["input_seconds"] = v.duration or row["output"]["duration"]
+                    if row.get("partial"):
+                        log.warning("%s: decodes only to %.2f s of its %.2f s (partial: kept, the rest is lost; "
+                                    "see metrics/compress.json)", v.video_id, row["decoded_seconds"],
+                                    row["input_seconds"])
                     ledger.record(v.video_id, row.pop("status"), input=sigs[v.video_id], params_hash=phash,
                                   ffmpeg=version, **row)
 
@@ -213,10 +241,36 @@ def _compress_all(videos: list[Video], out_dir: Path, cfg: CompressConfig) -> di
         "output_frames": sum(r["output"]["frames"] for r in done),
         "bytes_in": sum(r["input"]["size"] for r in done),
         "bytes_out": sum(r["output"]["bytes"] for r in done),
+        "partial": sum(1 for r in done if r.get("partial")),
+        "partial_seconds_lost": round(sum(r["input_seconds"] - r["decoded_seconds"]
+                                          for r in done if r.get("partial")), 3),
     }
     log.info("compress: %d done, %d failed (%d compressed this run in %.1f s)",
              metrics["done"], metrics["failed"], len(todo), time.perf_counter() - t0)
     return metrics
+
+
+def partial_videos(ledger_rows: list[dict[str, Any]], manifest: Manifest) -> dict[str, dict[str, Any]]:
+    """Each partly decodable video, its lengths and what its timed annotations lose past the decoded end.
+
+    The rule: such a video is compressed (what decodes is kept, its decoder warnings in the ledger row) and
+    marked `partial`; its annotations stay in the manifest unchanged, so evaluation still scores against the
+    truth, but each one reaching past the decoded end is counted here: `past_end` (starts at or after it: no
+    frame of it exists) and `clipped` (straddles it), per table (events, queries, hierarchy).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for r in ledger_rows:
+        if r["status"] == DONE and r.get("partial"):
+            out[r["key"]] = {"input_seconds": r["input_seconds"], "decoded_seconds": r["decoded_seconds"]}
+    for table in ("events", "queries", "hierarchy"):
+        for a in getattr(manifest, table):
+            info = out.get(a.video_id)
+            if info is None or a.end <= info["decoded_seconds"]:
+                continue
+            kind = "past_end" if a.start >= info["decoded_seconds"] else "clipped"
+            counts = info.setdefault(table, {"past_end": 0, "clipped": 0})
+            counts[kind] += 1
+    return out
 
 
 def main() -> None:
@@ -225,10 +279,17 @@ def main() -> None:
     videos_file = paths.manifest / "videos.jsonl"
     if not videos_file.is_file():
         raise UserError(f"{videos_file}: not found; run `dvc repro ingest` first")
-    videos = Manifest.read(paths.manifest, tables=("videos",)).videos
-    check_videos(videos, videos_file)
-    metrics = compress_all(videos, paths.compressed, cfg)
-    write_json(paths.metric("compress"), {**metrics, "toolchain": versions("ffmpeg", "libx264")})
+    manifest = Manifest.read(paths.manifest, tables=("videos", "events", "queries", "hierarchy"))
+    check_videos(manifest.videos, videos_file)
+    metrics = compress_all(manifest.videos, paths.compressed, cfg)
+    partial = partial_videos(list(Ledger(paths.compressed / LEDGER_NAME).rows().values()), manifest)
+    for vid, info in partial.items():
+        lost = {t: c for t, c in info.items() if isinstance(c, dict)}
+        if lost:
+            log.warning("%s: annotations past its decoded end (%.2f s): %s", vid, info["decoded_seconds"],
+                        ", ".join(f"{t} {c['past_end']} past, {c['clipped']} clipped" for t, c in lost.items()))
+    write_json(paths.metric("compress"), {**metrics, "partial_videos": partial,
+                                          "toolchain": versions("ffmpeg", "libx264")})
 
 
 if __name__ == "__main__":

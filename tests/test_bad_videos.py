@@ -19,10 +19,10 @@ import pytest
 import torch
 import yaml
 
-from stages.compress import compress_all
+from stages.compress import compress_all, partial_tolerance, partial_videos
 from tests import media
 from vidmem.common import read_jsonl
-from vidmem.manifest import Manifest, Video
+from vidmem.manifest import Event, Manifest, Query, Video
 from vidmem.paths import Paths
 from vidmem.store import FeatureStore
 from vidmem.video import CompressConfig, probe
@@ -139,6 +139,28 @@ def test_compress_processes_or_lists_every_input(processed):
     # truncated behind an index: what decodes is kept and the decoder's complaint is in the row, not silent
     cut = rows["truncated_with_index"]
     assert 0 < cut["output"]["frames"] < FPS * 6 and cut.get("warnings")
+    # ... and it is marked partial, with the decoded length beside the declared one (never silent)
+    assert cut["partial"] is True and cut["input_seconds"] == pytest.approx(6.0, abs=0.1)
+    assert cut["decoded_seconds"] == cut["output"]["duration"] < cut["input_seconds"] - partial_tolerance(FPS)
+    whole = [n for n, (_, status, _) in CORPUS.items() if status == "done" and n != "truncated_with_index"]
+    assert not [n for n in whole if "partial" in rows[n] or "decoded_seconds" in rows[n]], whole
+
+
+def test_partial_video_annotations_past_the_decoded_end_are_counted(processed):
+    """The rule for a partial video: kept, and every timed annotation reaching past its decoded end counted."""
+    rows = list(_ledger(Paths(processed).compressed / "ledger.jsonl").values())
+    end = next(r for r in rows if r["key"] == "truncated_with_index")["decoded_seconds"]
+    manifest = Manifest(
+        events=[Event("truncated_with_index", "test", 0.0, end - 0.5, "inside"),
+                Event("truncated_with_index", "test", end - 0.5, end + 1.0, "straddles"),
+                Event("truncated_with_index", "test", end + 0.1, end + 2.0, "after"),
+                Event("plain", "test", 0.0, 1.9, "a whole video's event")],
+        queries=[Query("q0", "truncated_with_index", "test", end, end + 1.0, "after")])
+    report = partial_videos(rows, manifest)
+    assert list(report) == ["truncated_with_index"]
+    assert report["truncated_with_index"] == {
+        "input_seconds": pytest.approx(6.0, abs=0.1), "decoded_seconds": end,
+        "events": {"past_end": 1, "clipped": 1}, "queries": {"past_end": 1, "clipped": 0}}
 
 
 def test_failure_reasons_carry_no_clock_time(processed, tmp_path):
