@@ -217,10 +217,52 @@ def test_row_ranges_equal_the_whole_video_bit_for_bit(project):
     assert aligned_batches(5, 17, 4) == ([(4, 8), (8, 12), (12, 16), (16, 20)], 1)
     encoder = load_encoder(project)
     path = project / "data" / "compressed" / "vid_d.mp4"  # 13 s: 39 frames, 4 windows
-    for ex in (ClipFrameExtractor(encoder, 4), WindowExtractor(VideoEncoder.from_clip(encoder).eval(), 3, 4.0, 4)):
+    windows = WindowExtractor(VideoEncoder.from_clip(encoder).eval(), 12, 4.0, 4)  # 12 frames: 3 windows
+    assert windows.batch_size == 3
+    for ex in (ClipFrameExtractor(encoder, 4), windows):
         whole = ex.compute(path)
         n = len(whole["feats"])
         for lo, hi in ((0, n), (1, n - 1), (n // 2, n // 2 + 1), (2, 3)):
             part = ex.compute(path, lo, hi)
             for key in whole:
                 np.testing.assert_array_equal(part[key], whole[key][lo:hi])
+
+
+class _CountingReader:
+    """Enough of decord's VideoReader for read_frames: records how many frames each request asks for."""
+
+    def __init__(self, n: int):
+        self.n, self.requests = n, []
+
+    def get_batch(self, indices):
+        self.requests.append(len(indices))
+        frames = np.zeros((len(indices), 2, 2, 3), np.uint8)
+        frames[:, 0, 0, 0] = np.asarray(indices) % 256
+        return type("Batch", (), {"asnumpy": lambda _self: frames})()
+
+    def seek(self, _):
+        pass
+
+
+def test_window_batches_decode_at_most_chunk_frames():
+    """A window batch is 2-D (windows × frames): decode_groups must count its frames, not its rows, or each
+    decord request holds `frames`× more frames and the peak grows with the video (measured: 943 → 1273 MB,
+    1 → 10 minutes)."""
+    from vidmem.decode import decode_groups
+
+    idx = np.arange(600).reshape(150, 4)  # 150 windows of 4 frames
+    vr = _CountingReader(600)
+    groups = [idx[a:a + 8] for a in range(0, 150, 8)]
+    out = list(decode_groups(vr, groups, chunk=128))
+    assert max(vr.requests) <= 128 and sum(vr.requests) == 600
+    assert [len(f) for f in out] == [g.size for g in groups]
+    assert np.array_equal(np.concatenate(out)[:, 0, 0, 0], np.arange(600) % 256)
+
+
+def test_window_extractor_batches_count_frames(project):
+    """extract.batch_size counts frames through the tower for both extractors: 32 → 8 windows of 4 frames."""
+    from models.encoders.extract import build_extractor
+
+    ex, _ = build_extractor("lavila", {"extract": {"batch_size": 32, "lavila": {"frames": 4}},
+                                        "clip": {"model": "vidmem-tiny", "pretrained": "none"}}, project)
+    assert ex.batch_size == 8

@@ -101,12 +101,16 @@ def read_frames(vr, indices: Sequence[int]) -> np.ndarray:
 
 
 def decode_groups(vr, groups: Sequence[np.ndarray], chunk: int = 128) -> Iterator[np.ndarray]:
-    """Frames of each index group (one model batch each), decoded together a few hundred frames at a time."""
+    """Frames of each index group (one model batch each), decoded together at most `chunk` frames at a time.
+
+    A group may be 2-D (windows × frames per window): its size is its frame count, not its row count — counted
+    by rows, a window batch asked decord for 4× the frames and its peak memory grew with the video's length.
+    """
     i = 0
     while i < len(groups):
         j, size = i, 0
-        while j < len(groups) and (j == i or size + len(groups[j]) <= chunk):
-            size += len(groups[j])
+        while j < len(groups) and (j == i or size + np.asarray(groups[j]).size <= chunk):
+            size += np.asarray(groups[j]).size
             j += 1
         frames = read_frames(vr, np.concatenate([np.asarray(g).reshape(-1) for g in groups[i:j]]))
         at = 0

@@ -164,8 +164,14 @@ class WindowExtractor:
     kind = "lavila"
 
     def __init__(self, encoder, batch_size: int, window: float, frames: int, dense_tokens: bool = False):
+        """`batch_size` counts frames through the tower, as for CLIP: batch_size // frames windows per forward.
+
+        Counted in windows, one forward held `frames`× the activations of a CLIP batch, and a video shorter
+        than one batch (15 windows for a minute) peaked far lower than a long one: memory looked as if it grew
+        with the video's length.
+        """
         self.encoder = encoder
-        self.batch_size = batch_size
+        self.batch_size = max(1, batch_size // frames)  # windows per forward
         self.window = window
         self.frames = frames
         self.dense_tokens = dense_tokens
