@@ -289,7 +289,7 @@ def main() -> None:
             log.warning("%s: annotations past its decoded end (%.2f s): %s", vid, info["decoded_seconds"],
                         ", ".join(f"{t} {c['past_end']} past, {c['clipped']} clipped" for t, c in lost.items()))
     write_json(paths.metric("compress"), {**metrics, "partial_videos": partial,
-                                          "toolchain": versions("ffmpeg", "libx264")})
+                                          "toolchain": versions("ffmpeg", "libx264", "cpu")})
 
 
 if __name__ == "__main__":

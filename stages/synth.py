@@ -21,7 +21,7 @@ def main() -> None:
     t0 = time.perf_counter()
     m = generate(cfg)
     log.info("synth: wrote %s in %.1f s", cfg.out, time.perf_counter() - t0)
-    write_json(Paths().metric("synth"), {**m, "toolchain": versions("ffmpeg", "libx264", "espeak-ng")})
+    write_json(Paths().metric("synth"), {**m, "toolchain": versions("ffmpeg", "libx264", "espeak-ng", "cpu")})
 
 
 if __name__ == "__main__":

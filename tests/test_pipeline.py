@@ -103,6 +103,12 @@ def test_every_stage_ran(project):
     for name in ("synth", "ingest", "compress", "clip", "features_clip", "bank", "pdvc", "cm2", "dense_trivial",
                  "features_audio", "grounding"):
         assert (project / "metrics" / f"{name}.json").is_file(), name
+    for name, tools in (("synth", {"ffmpeg", "libx264", "espeak-ng", "cpu"}),
+                        ("compress", {"ffmpeg", "libx264", "cpu"})):
+        # x264's assembly differs by the CPU's vector units: AVX-512 wrote other SynthVid bytes than AVX2
+        assert set(json.loads((project / "metrics" / f"{name}.json").read_text())["toolchain"]) == tools, name
+    compress = json.loads((project / "metrics" / "compress.json").read_text())
+    assert (compress["partial"], compress["partial_videos"]) == (0, {})  # SynthVid decodes whole
     cm2 = json.loads((project / "metrics" / "cm2.json").read_text())
     assert {"METEOR", "CIDEr", "Bleu_4", "SODA_c", "Precision", "Recall", "F1"} <= set(cm2)
     pred = json.loads((project / "data" / "predictions" / "cm2.json").read_text())

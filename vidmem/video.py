@@ -34,7 +34,14 @@ FFMPEG = "ffmpeg"
 FFPROBE = "ffprobe"
 # Bump when `compress_command` changes its output in a way its arguments do not show: callers key finished
 # outputs to (arguments, COMMAND_VERSION) and redo the rest.
-COMMAND_VERSION = 1
+COMMAND_VERSION = 2  # 2: x264 cpu-independent (the same bytes on any CPU)
+
+# The same bytes whatever vector units the CPU has: x264 otherwise picks other algorithms for AVX-512 than for
+# AVX2 (measured: other SynthVid and compressed bytes with the same ffmpeg 5.1.9 / x264 core 164), and
+# swscale's SIMD paths round differently from its bit-exact C path. tests/test_synth.py and test_compress.py
+# encode with the SIMD sets cut down and compare.
+X264_CPU_INDEPENDENT = "cpu-independent=1"
+SWS_FLAGS = "bicubic+accurate_rnd+bitexact"
 
 
 @dataclass(frozen=True)
@@ -334,7 +341,7 @@ def compress_command(
             "scale",
             w=w,
             h=h,
-            flags="bicubic+accurate_rnd+bitexact",
+            flags=SWS_FLAGS,
         )
         .filter("setsar", 1)
     )
@@ -346,6 +353,7 @@ def compress_command(
         pix_fmt="yuv420p",
         threads=1,
         an=None,
+        **{"x264-params": X264_CPU_INDEPENDENT},  # the same bytes on any CPU's vector units
         movflags="+faststart",
         fflags="+bitexact",
         map_metadata=-1,

@@ -2,7 +2,11 @@
 
 Frames go to ffmpeg one at a time on stdin (rawvideo rgb24), so memory does not grow with the video length.
 libx264 with one thread and ffmpeg's bitexact flags (no encoder version or creation time in the container)
-gives the same mp4 bytes for the same frames on the same ffmpeg/x264 build.
+gives the same mp4 bytes for the same frames on the same ffmpeg/x264 build. Across CPUs too: x264 picks
+other algorithms for other vector units (an AVX-512 machine wrote other SynthVid bytes than an AVX2 one with
+the same ffmpeg 5.1.9 / x264 core 164), which `cpu-independent=1` forbids, and the RGB → YUV conversion
+runs swscale's bit-exact path (`X264_CPU_INDEPENDENT`, `SWS_FLAGS`; tests/test_synth.py checks both with the
+SIMD sets cut down).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from vidmem.common import UserError
+from vidmem.video import SWS_FLAGS, X264_CPU_INDEPENDENT
 
 
 def ffmpeg_binary() -> str:
@@ -32,6 +37,7 @@ def h264_command(
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-framerate", str(fps),
         "-i", "pipe:0",
         "-an", "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
+        "-sws_flags", SWS_FLAGS, "-x264-params", X264_CPU_INDEPENDENT,
         "-g", str(4 * fps), "-threads", "1",
         "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1",
         "-f", "mp4", str(path),
