@@ -102,7 +102,6 @@ import sys, time
 from pathlib import Path
 import stages.extract  # the stage's process settings, before torch loads
 from vidmem.common import bound_heap_growth, load_params
-from models.encoders.extract import extract_store
 import models.encoders.extract as ex
 bound_heap_growth()
 build, built = ex.build_extractor, [0.0]
@@ -118,7 +117,7 @@ def timed_build(*args, **kwargs):  # building the model and loading its checkpoi
 
 ex.build_extractor = timed_build
 t = time.perf_counter()
-summary = extract_store("clip", load_params(Path("params.yaml")), Path("."))
+summary = ex.extract_store("clip", load_params(Path("params.yaml")), Path("."))
 elapsed = time.perf_counter() - t
 print("STAGE_FPS", summary["rows"] / (elapsed - built[0]), summary["rows"], built[0], file=sys.stderr)
 """

@@ -38,8 +38,8 @@ COMMAND_VERSION = 2  # 2: x264 cpu-independent (the same bytes on any CPU)
 
 # The same bytes whatever vector units the CPU has: x264 otherwise picks other algorithms for AVX-512 than for
 # AVX2 (measured: other SynthVid and compressed bytes with the same ffmpeg 5.1.9 / x264 core 164), and
-# swscale's SIMD paths round differently from its bit-exact C path. tests/test_synth.py and test_compress.py
-# encode with the SIMD sets cut down and compare.
+# swscale's SIMD paths round differently from its bit-exact C path. tests/test_toolchain.py encodes with the
+# SIMD sets cut down (both this module's and SynthVid's command) and compares bytes.
 X264_CPU_INDEPENDENT = "cpu-independent=1"
 SWS_FLAGS = "bicubic+accurate_rnd+bitexact"
 

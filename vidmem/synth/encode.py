@@ -5,8 +5,8 @@ libx264 with one thread and ffmpeg's bitexact flags (no encoder version or creat
 gives the same mp4 bytes for the same frames on the same ffmpeg/x264 build. Across CPUs too: x264 picks
 other algorithms for other vector units (an AVX-512 machine wrote other SynthVid bytes than an AVX2 one with
 the same ffmpeg 5.1.9 / x264 core 164), which `cpu-independent=1` forbids, and the RGB → YUV conversion
-runs swscale's bit-exact path (`X264_CPU_INDEPENDENT`, `SWS_FLAGS`; tests/test_synth.py checks both with the
-SIMD sets cut down).
+runs swscale's bit-exact path (`vidmem.video.X264_CPU_INDEPENDENT`, `SWS_FLAGS`; tests/test_toolchain.py encodes with the
+SIMD sets cut down and compares bytes).
 """
 from __future__ import annotations
 
