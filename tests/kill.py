@@ -3,7 +3,8 @@ measure its peak memory.
 
 The point is the N-th module forward of the process (a global torch forward hook), which every torch stage
 passes through many times — while decoding and encoding (extract), in every training step and validation
-(train, finetune_clip) and while generating captions. A counting run gives the uninterrupted total; a seeded
+(train, finetune_clip) and while generating captions; or, with `points="tools"`, the N-th subprocess it
+launches (the report's ffmpeg thumbnail cuts). A counting run gives the uninterrupted total; a seeded
 draw picks N inside it, so the kill lands mid-run, at a point that differs per seed yet repeats exactly.
 """
 from __future__ import annotations
@@ -25,12 +26,21 @@ kill_at = int(os.environ.get("VIDMEM_TEST_KILL_AT", "0"))
 count_to = os.environ.get("VIDMEM_TEST_COUNT_TO")
 peak_to = os.environ.get("VIDMEM_TEST_PEAK_TO")
 if kill_at or count_to:
-    import signal, torch
-    def hook(module, args, output):
+    import signal
+    def hook(*_):
         calls[0] += 1
         if calls[0] == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-    torch.nn.modules.module.register_module_forward_hook(hook)
+    if os.environ.get("VIDMEM_TEST_POINTS") == "tools":  # a stage without torch: the N-th tool it launches
+        import subprocess
+        popen_init = subprocess.Popen.__init__
+        def counted_init(self, *a, **k):
+            hook()
+            popen_init(self, *a, **k)
+        subprocess.Popen.__init__ = counted_init
+    else:
+        import torch
+        torch.nn.modules.module.register_module_forward_hook(hook)
 if count_to:
     atexit.register(lambda: open(count_to, "w").write(str(calls[0])))
 if peak_to:  # this process's peak resident memory, and the largest of its finished children's (ffmpeg ...)
@@ -46,11 +56,13 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
 def stage(root: Path, module: str, *args: str, kill_at: int = 0, count: bool = False, timeout: float = 600,
-          env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, int | None]:
-    """Run `python -m <module> <args>` in `root`; returns the process and (with `count`) its forward count."""
+          env: dict[str, str] | None = None,
+          points: str = "forwards") -> tuple[subprocess.CompletedProcess, int | None]:
+    """Run `python -m <module> <args>` in `root`; returns the process and (with `count`) its count of points
+    (module forwards, or with `points="tools"` subprocess launches)."""
     counter = root / ".forward_count"
     counter.unlink(missing_ok=True)
-    extra = {"VIDMEM_TEST_KILL_AT": str(kill_at)}
+    extra = {"VIDMEM_TEST_KILL_AT": str(kill_at), "VIDMEM_TEST_POINTS": points}
     if count:
         extra["VIDMEM_TEST_COUNT_TO"] = str(counter)
     full_env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),

@@ -5,9 +5,12 @@ One tiny project is built by the real stages (`python -m stages.<x>`, SynthVid a
 size, two epochs per family so a kill can land after a saved epoch): that run is the uninterrupted reference.
 Each case copies the project without the stage's outputs, runs the stage with a SIGKILL at the N-th module
 forward (tests/kill.py; N drawn from a seed inside the reference run's count), checks the kill left partial
-work behind, reruns the stage, and compares. Covered elsewhere: compress (test_compress.py), extract@clip
-(test_extract.py), extract@audio (test_extract_audio.py), the recipe through stages.train (test_recipe.py).
-`VIDMEM_KILL_SEED=<n>` moves every kill point.
+work behind, reruns the stage, and compares. The trainers: one per family and every kind of run the recipe
+drives — from scratch (pdvc, meanp, mrnet, recap_clip, membridge_pre), with the memory bank (cm2), speech
+queries (mrnet_speech), EM pooling (emcl), alternate batching over three levels (recapu) and initialised from
+another stage's checkpoint (membridge_cap). Covered elsewhere: compress (test_compress.py), extract@clip
+(test_extract.py), extract@audio (test_extract_audio.py), the recipe through stages.train (test_recipe.py),
+report (test_report.py). `VIDMEM_KILL_SEED=<n>` moves every kill point.
 """
 from __future__ import annotations
 
@@ -23,16 +26,17 @@ from tests.kill import kill_point, killed, stage
 from tests.project import digest
 from tests.test_pipeline import tiny_params
 
-pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 CHAIN = [("stages.synth",), ("stages.ingest",), ("stages.compress",), ("stages.finetune_clip",),
          ("stages.extract", "clip"), ("stages.extract", "lavila"), ("stages.extract", "text"),
          ("stages.extract", "audio"), ("stages.bank",),
-         ("stages.train", "pdvc"), ("stages.train", "meanp"), ("stages.train", "mrnet"),
+         ("stages.train", "pdvc"), ("stages.train", "cm2"), ("stages.train", "meanp"), ("stages.train", "emcl"),
+         ("stages.train", "mrnet"),
          ("stages.train", "mrnet_speech"), ("stages.train", "recap_clip"), ("stages.captions", "clip"),
          ("stages.train", "recap_segment"), ("stages.captions", "segment"), ("stages.train", "recap_video"),
-         ("stages.captions", "video")]
+         ("stages.captions", "video"), ("stages.train", "recapu"), ("stages.train", "membridge_pre"),
+         ("stages.train", "membridge_cap")]
 
 # stage → (its outputs, what must exist after the kill for the rerun to resume from, where the kill lands)
 CASES = {
@@ -42,16 +46,12 @@ CASES = {
                        "data/features/lavila.zarr/plan.json", (0.3, 0.9)),
     "extract text": (("data/features/text.zarr", "metrics/features_text.json"),
                      "data/features/text.zarr/plan.json", (0.3, 0.9)),
-    "train pdvc": (("data/checkpoints/dense/pdvc", "dvclive/pdvc"), "data/checkpoints/dense/pdvc/last.pt",
-                   (0.6, 0.9)),
-    "train meanp": (("data/checkpoints/retrieval/meanp", "dvclive/meanp"),
-                    "data/checkpoints/retrieval/meanp/last.pt", (0.6, 0.9)),
-    "train mrnet": (("data/checkpoints/grounding/mrnet", "dvclive/mrnet"),
-                    "data/checkpoints/grounding/mrnet/last.pt", (0.6, 0.9)),
-    "train mrnet_speech": (("data/checkpoints/grounding/mrnet_speech", "dvclive/mrnet_speech"),
-                           "data/checkpoints/grounding/mrnet_speech/last.pt", (0.6, 0.9)),
-    "train recap_clip": (("data/checkpoints/recap/recap_clip", "dvclive/recap_clip"),
-                         "data/checkpoints/recap/recap_clip/last.pt", (0.6, 0.9)),
+    **{f"train {model}": ((f"data/checkpoints/{family}/{model}", f"dvclive/{model}"),
+                          f"data/checkpoints/{family}/{model}/last.pt", (0.6, 0.9))
+       for family, model in (("dense", "pdvc"), ("dense", "cm2"), ("retrieval", "meanp"), ("retrieval", "emcl"),
+                             ("grounding", "mrnet"), ("grounding", "mrnet_speech"), ("recap", "recap_clip"),
+                             ("recap", "recapu"), ("membridge", "membridge_pre"),
+                             ("membridge", "membridge_cap"))},
     **{f"captions {level}": ((f"data/captions/{level}", f"metrics/captions_{level}.json"),
                              f"data/captions/{level}/parts", (0.3, 0.9))
        for level in ("clip", "segment", "video")},
@@ -63,6 +63,8 @@ def chain_params() -> dict:
     params["finetune_clip"]["epochs"] = 2
     params["families"]["dense"]["epochs"] = 2
     params["families"]["grounding"]["epochs"] = 2
+    for name in ("membridge_pre", "membridge_cap"):
+        params["train"][name]["epochs"] = 2
     return params
 
 

@@ -296,3 +296,26 @@ def test_every_family_has_a_distinct_key():
         if f.headline:
             assert f.headline.column in {c.key for c in f.columns}
             assert {f.headline.method, f.headline.baseline} <= {r.name for r in f.rows}
+
+
+def test_killed_report_reruns_to_the_same_page(built, tmp_path):
+    """kill -9 of `python -m stages.report` at every ffmpeg thumbnail cut it launches (the stage's points of
+    work: there are few), then a rerun: the same page, byte for byte, and nothing of the killed run left
+    beside it (a half-built `.reports.*.tmp`)."""
+    from tests.kill import killed, stage
+
+    root = small_project(tmp_path / "p")
+    proc, n = stage(root, "stages.report", count=True, points="tools")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    page = (root / "reports" / "index.html").read_bytes()
+    assert page == built.read_bytes()  # the stage's page does not depend on the process that wrote it
+    assert n >= 2, f"only {n} tool launches"
+
+    for at in range(1, n + 1):
+        (root / f".reports.killed{at}.tmp").mkdir()  # what a kill inside the final write leaves behind
+        proc, _ = stage(root, "stages.report", kill_at=at, points="tools")
+        assert killed(proc), f"not killed at tool launch {at} of {n}: {proc.returncode} {proc.stderr[-2000:]}"
+        proc, _ = stage(root, "stages.report")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert (root / "reports" / "index.html").read_bytes() == page, f"killed at tool launch {at} of {n}"
+        assert [p.name for p in root.iterdir() if p.name.startswith(".reports")] == []

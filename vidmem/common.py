@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import glob
 import hashlib
 import json
 import logging
@@ -241,9 +242,14 @@ def _canonical(obj: Any) -> Any:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Build a directory under a temporary sibling name; swap it in only on success."""
+    """Build a directory under a temporary sibling name; swap it in only on success.
+
+    A process killed mid-build (SIGKILL runs no cleanup) leaves its `.<name>.*.tmp` sibling behind: the next
+    build of the same path removes it first (one writer per output, as DVC runs a stage)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
