@@ -96,9 +96,7 @@ def hour_and_minute(tmp_path_factory) -> tuple[dict, dict]:
 @pytest.mark.parametrize("stage", [
     "stages.compress",
     "stages.extract clip",
-    pytest.param("stages.extract lavila", marks=pytest.mark.xfail(strict=True, reason=(
-        "extract@lavila at 60 minutes: 1.23-1.25x a 1-minute video's peak (was 1.59-1.70x; 10 minutes 1.07x): "
-        "the resident set still climbs over the first half hour of one long compute call and plateaus"))),
+    "stages.extract lavila",
 ])
 def test_hour_long_video_at_flat_memory(hour_and_minute, stage):
     a, b = hour_and_minute
