@@ -41,6 +41,11 @@ def score(name: str, params: Mapping[str, Any], paths: Paths, out: Path) -> dict
         predictions = task.predict(model, "test")
         task.write_predictions(predictions, out)
         scores = task.evaluate(predictions, "test")
+        # what the scores leave out: test videos without features (failed compression or extraction), each
+        # family's own count (the dense family's summary already names them and scores them 0)
+        coverage = getattr(task, "coverage", None)
+        if coverage is not None:
+            scores.update(coverage("test"))
     except CaptionEvalError as e:  # Java evaluator died, hung or is missing: one line, not a trace
         raise UserError(f"caption evaluation failed: {e}") from None
     log.info("%s test: %s", name, {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)})

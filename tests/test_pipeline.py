@@ -145,6 +145,52 @@ def test_every_stage_ran(project):
     assert all((preds / f"membridge_ret.{ext}").is_file() for ext in ("npy", "rows.json", "cols.json"))
 
 
+def test_a_video_without_features_is_counted_by_every_family(project, tmp_path):
+    """A short test video and a long val video fail compression after the pipeline ran: extract lists them,
+    and every family's test metrics say what was left out — the dense family scores the video 0 (densevid's
+    rule), grounding scores its queries as misses, retrieval and MemBridge count it and its captions and
+    questions; ReCap leaves the long video out instead of stopping."""
+    work = tmp_path / "repo"  # a copy taken before the tests below change the project's params
+    shutil.copytree(project, work, symlinks=True)
+    events = [json.loads(ln) for ln in (work / "data/manifest/events.jsonl").read_text().splitlines()]
+    hier = [json.loads(ln) for ln in (work / "data/manifest/hierarchy.jsonl").read_text().splitlines()]
+    short = sorted({e["video_id"] for e in events if e["split"] == "test"})[0]
+    long = sorted({h["video_id"] for h in hier if h["split"] == "val"})[0]
+    ledger = work / "data/compressed/ledger.jsonl"
+    rows = [json.loads(ln) for ln in ledger.read_text().splitlines()]
+    for r in rows:
+        if r["key"] in (short, long):
+            r.update(status="failed", reason="moov atom not found")
+            (work / "data/compressed" / f"{r['key']}.mp4").unlink()
+    ledger.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for kind in ("clip", "lavila"):
+        run(work, str(BIN / "python"), "-m", "stages.extract", kind)
+        listed = json.loads((work / f"metrics/features_{kind}.json").read_text())
+        assert listed["failed"] == 2, listed  # both listed (with the reason) in its ledger, never stored
+    # MemBridge model by model: pre-training's test losses need two test videos, which the tiny split has not
+    # left (a one-line error, as for any split that small)
+    for name in ("pdvc", "retrieval", "grounding", "membridge_ret", "membridge_cap", "membridge_qa", "recap"):
+        run(work, str(BIN / "python"), "-m", "stages.evaluate", name)
+    dense = json.loads((work / "metrics/pdvc.json").read_text())
+    assert dense["n_videos_missing"] == 1 and dense["videos_missing"] == [short]
+    for family, rows_ in (("retrieval", ("meanp", "emcl", "retrieval_chance")),
+                          ("grounding", ("mmn", "mrnet", "mrnet_speech"))):
+        metrics = json.loads((work / f"metrics/{family}.json").read_text())
+        for row in rows_:
+            assert metrics[row]["videos_missing"] == [short], (family, row, metrics[row])
+    for name in ("membridge_ret", "membridge_cap", "membridge_qa"):
+        metrics = json.loads((work / f"metrics/{name}.json").read_text())
+        assert metrics["videos_missing"] == [short], (name, metrics)
+    grounding = json.loads((work / "metrics/grounding.json").read_text())
+    before = json.loads((project / "metrics/grounding.json").read_text())
+    assert grounding["mmn"]["n_queries"] == before["mmn"]["n_queries"]  # its queries still count, as misses
+    assert grounding["mmn"]["n_queries_missing"] > 0
+    assert json.loads((work / "metrics/membridge_qa.json").read_text())["n_questions_missing"] > 0
+    assert json.loads((work / "metrics/retrieval.json").read_text())["meanp"]["n_texts_missing"] > 0
+    recap = json.loads((work / "metrics/recap.json").read_text())
+    assert recap["recap_video"]["n_videos_missing"] == 0  # the missing long video is a val one
+
+
 def test_recap_curriculum_reruns_only_downstream(project):
     """A clip-level param change marks only the stages reading it changed (train@recap_clip, and captions@clip,
     which captions with that model's config; the rest follow their outputs); retraining
@@ -392,3 +438,4 @@ def test_exp_run_reruns_and_metrics_diff_shows_the_change(project):
     changed = {(path, key) for path, metrics in diff.items() for key in metrics}
     assert any(p.endswith("synth.json") for p, _ in changed) and any(p.endswith("ingest.json") for p, _ in changed)
     assert any(p.endswith("compress.json") for p, _ in changed)
+

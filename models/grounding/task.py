@@ -47,6 +47,7 @@ class GroundingTask(Task):
         self._splits: dict[str, list[VideoItem]] = dict(splits or {})
         self._queries = queries
         self._epoch = 0
+        self._missing: dict[str, tuple[list[str], dict]] = {}  # split → (videos without features, all queries)
 
     # ------------------------------------------------------------------------------------------ data
     @property
@@ -60,10 +61,11 @@ class GroundingTask(Task):
             clips = FeatureStore(self.paths.store("clip"))
             qs = manifest_queries(manifest, split, self.config.query == "speech")
             keys = self.query_features(manifest)
-            videos, dropped = [], 0
+            videos, dropped, missing = [], 0, []
             for vid in qs:
                 if vid not in clips or not durations.get(vid):
                     dropped += len(qs[vid])
+                    missing.append(vid)
                     continue
                 items = [q for q in qs[vid] if q.key in keys]
                 dropped += len(qs[vid]) - len(items)
@@ -72,6 +74,7 @@ class GroundingTask(Task):
                                             prepare_clips(clips.get(vid), self.config.pre_clips), items))
             if dropped:
                 log.warning("%s %s: %d queries without features skipped", self.name, split, dropped)
+            self._missing[split] = (sorted(missing), qs)
             if split != "val":  # no val queries: no selection score; fit keeps the lowest-train-loss epoch
                 check_split(videos, split)
             self._splits[split] = videos
@@ -154,7 +157,21 @@ class GroundingTask(Task):
 
     def evaluate(self, predictions, split: str) -> dict[str, Any]:
         refs = {(q.vid, q.query_idx): (q.start, q.end) for v in self.dataset(split) for q in v.queries}
+        if split in self._missing:  # every query of the split: one whose video or query has no features
+            refs = {(q.vid, q.query_idx): (q.start, q.end)  # is a miss (IoU 0), as a query without a prediction
+                    for items in self._missing[split][1].values() for q in items}
         return evaluate_grounding(predictions, refs, (1, 5), self.config.thresholds)
+
+    def coverage(self, split: str) -> dict[str, Any]:
+        """The split's videos without clip features (failed compression or extraction) and the queries
+        without features (theirs, or a missing WAV): scored as misses, counted beside the scores."""
+        videos = self.dataset(split)
+        if split not in self._missing:
+            return {}
+        missing, qs = self._missing[split]
+        kept = sum(len(v.queries) for v in videos)
+        return {"n_videos_missing": len(missing), "videos_missing": missing,
+                "n_queries_missing": sum(len(items) for items in qs.values()) - kept}
 
 
 def make_batch(videos: Sequence[VideoItem], queries: QueryFeatures, orders: Sequence[Sequence[int]] | None,

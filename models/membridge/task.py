@@ -105,6 +105,17 @@ class MemBridgeTask(Task):
             self._splits[name] = Split.from_manifest(self.manifest, name, self._available())
         return self._splits[name]
 
+    def coverage(self, split: str) -> dict[str, Any]:
+        """Videos of the split without frames (failed compression or extraction), left out of every task's
+        scores with their captions and questions; stages.evaluate writes this beside each row."""
+        available = self._available()
+        lost = [q for q in self.manifest.qa if q.split == split and available is not None
+                and q.video_id not in available]
+        cov = self.split(split).coverage()
+        cov["videos_missing"] = sorted(set(cov["videos_missing"]) | {q.video_id for q in lost})
+        cov.update(n_videos_missing=len(cov["videos_missing"]), n_questions_missing=len(lost))
+        return cov
+
     def questions(self, split: str) -> list[QA]:
         available = self._available()
         return [q for q in self.manifest.qa

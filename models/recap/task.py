@@ -72,6 +72,8 @@ class RecapData:
     lavila: dict[str, tuple[np.ndarray, np.ndarray]]           # vid → (feats [W, D], window starts [W])
     vocab: Vocab
     clip: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)   # frames (optional)
+    missing: list[tuple] = field(default_factory=list)          # (level, vid, split) of references left out:
+                                                                # their video has no features
 
     @classmethod
     def from_paths(cls, paths: Paths, clip_frames: bool = False) -> RecapData:
@@ -88,19 +90,34 @@ class RecapData:
         for r in refs:
             split.setdefault(r[1], r[2])
         store = FeatureStore(paths.store("lavila"))
-        missing = [v for v in vids if v not in store]
-        if missing:
-            raise UserError(f"{paths.store('lavila')}: no window features for {missing[:3]}; run extract@lavila")
+        cs = FeatureStore(paths.store("clip")) if clip_frames else None
+        missing = [v for v in vids if v not in store or (cs is not None and v not in cs)]
+        if len(missing) == len(vids):
+            raise UserError(f"{paths.store('lavila')}: no window features for any video with hierarchical "
+                            f"captions ({missing[:3]} ...); run extract@lavila")
+        if missing:  # failed compression or extraction: left out of training and scores, and counted
+            log.warning("recap: %d video(s) without features left out: %s", len(missing), ", ".join(missing[:5]))
+            lost = set(missing)
+            dropped = [(r[0], r[1], r[2]) for r in refs if r[1] in lost]
+            refs = [r for r in refs if r[1] not in lost]
+            vids = [v for v in vids if v not in lost]
+        else:
+            dropped = []
         lavila = {v: (np.asarray(store.get(v), np.float32), np.asarray(store.get(v, "times"), np.float64))
                   for v in vids}
         clip = {}
-        if clip_frames:
-            cs = FeatureStore(paths.store("clip"))
+        if cs is not None:
             clip = {v: (np.asarray(cs.get(v), np.float32), np.asarray(cs.get(v, "times"), np.float64))
                     for v in vids}
         vocab = Vocab.from_json(json.loads((paths.manifest / "vocab.json").read_text()),
                                 str(paths.manifest / "vocab.json"))
-        return cls({v: (split[v], float(dur[v])) for v in vids}, refs, lavila, vocab, clip)
+        return cls({v: (split[v], float(dur[v])) for v in vids}, refs, lavila, vocab, clip, dropped)
+
+    def coverage(self, split: str) -> dict[str, Any]:
+        """The split's videos without features and their references per level, left out of the scores."""
+        rows = [r for r in self.missing if r[2] == split]
+        return {"n_videos_missing": len({r[1] for r in rows}), "videos_missing": sorted({r[1] for r in rows}),
+                "references_missing": dict(sorted(Counter(r[0] for r in rows).items()))}
 
     def refs(self, level: str, split: str) -> list[Span]:
         return sorted((v, s, e, t) for lv, v, sp, s, e, t in self.references if lv == level and sp == split)
@@ -347,6 +364,9 @@ class RecapTask(Task):
         path = path.with_suffix(".json")
         write_atomic(path, json.dumps(predictions, indent=1, sort_keys=True).encode())
         return path
+
+    def coverage(self, split: str) -> dict[str, Any]:
+        return self.data.coverage(split)
 
     def evaluate(self, predictions, split: str) -> dict[str, Any]:
         levels = {}

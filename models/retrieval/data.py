@@ -8,6 +8,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,11 +38,14 @@ class Split:
     text_video: list[int]                         # column index of each row's video
     videos: list[str]
     by_video: list[list[int]] = field(default_factory=list)   # row indices of each video's captions
+    missing: list[str] = field(default_factory=list)          # videos of the split without frames, left out
+    texts_missing: int = 0                                    # ... and their captions
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, split: str, available: set[str] | None = None) -> Split:
         rows = [c for c in manifest.captions if c.split == split]
         missing = sorted({c.video_id for c in rows if available is not None and c.video_id not in available})
+        n_rows = len(rows)
         if missing:
             log.warning("%s: %d video(s) without frames left out: %s", split, len(missing), ", ".join(missing[:5]))
             rows = [c for c in rows if c.video_id not in missing]
@@ -49,12 +53,18 @@ class Split:
         col = {v: j for j, v in enumerate(videos)}
         s = cls([c.caption_id for c in rows], [c.sentence for c in rows], [col[c.video_id] for c in rows], videos)
         s.by_video = [[] for _ in videos]
+        s.missing, s.texts_missing = missing, n_rows - len(rows)
         for i, j in enumerate(s.text_video):
             s.by_video[j].append(i)
         return s
 
     def __len__(self) -> int:
         return len(self.caption_ids)
+
+    def coverage(self) -> dict[str, Any]:
+        """What the split's scores leave out: videos without frames (failed compression or extraction)."""
+        return {"n_videos_missing": len(self.missing), "videos_missing": list(self.missing),
+                "n_texts_missing": self.texts_missing}
 
     def row_ids(self) -> list[dict[str, str]]:
         return [{"text_id": t, "video_id": self.videos[j], "sentence": s}

@@ -222,6 +222,11 @@ class RetrievalTask(Task):
         out["chance_R1"] = 100.0 / max(1, out["n_videos"])
         return out
 
+    def coverage(self, split: str) -> dict[str, Any]:
+        """The split's videos without frames and their captions: left out of the matrix (and so of every R@K,
+        which are over the videos that are there), counted beside the scores by stages.evaluate."""
+        return self.split(split).coverage()
+
 
 class RetrievalChance(RetrievalTask):
     """The floor: a uniformly random ranking. Its metrics are the exact expectations (R@K = min(K, V)/V,
