@@ -42,7 +42,7 @@ def score(name: str, params: Mapping[str, Any], paths: Paths, out: Path) -> dict
         task.write_predictions(predictions, out)
         scores = task.evaluate(predictions, "test")
         # what the scores leave out: test videos without features (failed compression or extraction), each
-        # family's own count (the dense family's summary already names them and scores them 0)
+        # family's own count (the event-captioning family's summary already names them and scores them 0)
         coverage = getattr(task, "coverage", None)
         if coverage is not None:
             scores.update(coverage("test"))
