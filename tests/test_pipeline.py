@@ -46,6 +46,7 @@ def tiny_params(params: dict) -> dict:
     s["events"]["duration"] = [3, 5]
     s["text"].update(captions_per_video=2, qa_per_video=2)
     params["finetune_clip"].update(epochs=1, batch_size=16)
+    params["finetune_window"].update(epochs=2, batch_size=16, width=32, heads=2, warmup_steps=2)
     params["extract"].update(batch_size=16, rows_per_chunk=64, chunks_per_shard=2)
     params["families"]["dense"].update(TINY_DENSE)
     params["train"]["cm2"].update(window=4, soft_k=3)
@@ -93,15 +94,15 @@ RECAP_STAGES = ("train@recap_clip", "captions@clip", "train@recap_segment", "cap
 
 def test_every_stage_ran(project):
     stages = run(project, "dvc", "stage", "list", "--name-only").stdout.split()
-    assert {"synth", "ingest", "compress", "finetune_clip", "extract@clip", "extract@lavila", "extract@text",
-            "bank", "train@pdvc", "train@cm2", "evaluate@pdvc", "evaluate@cm2", "evaluate@dense_trivial",
+    assert {"synth", "ingest", "compress", "finetune_clip", "finetune_window", "extract@clip", "extract@lavila",
+            "extract@text", "bank", "train@pdvc", "train@cm2", "evaluate@pdvc", "evaluate@cm2", "evaluate@dense_trivial",
             "train@meanp", "train@emcl", "evaluate@retrieval", *RECAP_STAGES,
             "extract@audio", "train@mmn", "train@mrnet", "train@mrnet_speech", "evaluate@grounding",
             *(f"train@{m}" for m in MEMBRIDGE_MODELS), "evaluate@membridge", "report"} <= set(stages)
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert set(stages) <= set(lock)
-    for name in ("synth", "ingest", "compress", "clip", "features_clip", "bank", "pdvc", "cm2", "dense_trivial",
-                 "features_audio", "grounding"):
+    for name in ("synth", "ingest", "compress", "clip", "window", "features_clip", "bank", "pdvc", "cm2",
+                 "dense_trivial", "features_audio", "grounding"):
         assert (project / "metrics" / f"{name}.json").is_file(), name
     for name, tools in (("synth", {"ffmpeg", "libx264", "espeak-ng", "cpu"}),
                         ("compress", {"ffmpeg", "libx264", "cpu"})):

@@ -198,6 +198,7 @@ def test_dvc_deps_cover_every_run_key():
     """Each training stage's dvc.yaml deps cover the code and data its run key hashes (one declaration, checked)."""
     from models.encoders.extract import CODE as EXTRACT_CODE
     from models.encoders.tuning import make_tuning_task
+    from models.window.task import make_window_task
     from stages.dispatch import task_for
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -214,6 +215,9 @@ def test_dvc_deps_cover_every_run_key():
     tuning = make_tuning_task(params, Paths())
     for path in tuning.code_paths() + tuple(str(p) for p in tuning.inputs()):
         assert _covered(path, stages["finetune_clip"]), f"finetune_clip: dvc.yaml deps miss {path}"
+    window = make_window_task(params, Paths())
+    for path in window.code_paths() + tuple(str(p) for p in window.inputs()):
+        assert _covered(path, stages["finetune_window"]), f"finetune_window: dvc.yaml deps miss {path}"
     for kind in ("clip", "lavila", "text"):
         for path in EXTRACT_CODE + (str(Paths().clip_checkpoint),):
             assert _covered(path, stages[f"extract@{kind}"]), f"extract@{kind}: dvc.yaml deps miss {path}"
