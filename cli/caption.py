@@ -26,7 +26,7 @@ from cli.html import caption_page
 from cli.index import IndexedFeatures, describe_failures, update_index
 from cli.progress import bar
 from cli.project import Project, relative, with_data
-from vidmem.common import read_json, write_json, write_text
+from vidmem.common import UserError, read_json, write_json, write_text
 
 log = logging.getLogger("vidmem.cli")
 
@@ -46,6 +46,10 @@ def dense_captions(
     vocab_file = project.vocab_file()
     vocab = Vocab.from_json(read_json(vocab_file), str(vocab_file))
     task, ckpt = project.task("cm2")
+    if task.config.retrieval and task.config.retrieval_query != "frames":
+        raise UserError(f"params.yaml train.cm2.retrieval_query: vidmem caption retrieves with the frame "
+                        f"features only, not {task.config.retrieval_query!r}; train cm2 with "
+                        "retrieval_query: frames")
     bank = load_bank(project.bank_path()).to(task.device) if task.config.retrieval else None
     feats = IndexedFeatures(index, catalog, "clip")
     ds = DenseCaptionDataset(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -100,3 +101,67 @@ def test_dimension_mismatch_and_bad_bank_are_user_errors():
         retrieve(torch.randn(1, 5, 4), torch.tensor([5]), bank, 2, 2)
     with pytest.raises(UserError, match="video ids"):
         TextBank(torch.randn(4, 8), ["a"])
+
+
+# ----------------------------------------------------------------------------- what queries CM2's memory
+def test_cm2_retrieves_with_the_batch_queries_and_the_oracle_reads_them_directly(monkeypatch):
+    """retrieval_query window: the bank is queried with the dataset's per-frame query vectors, not the frame
+    features; oracle: nothing is retrieved, the window means of the ground-truth vectors are the memory."""
+    from test_dense_model import VOCAB, tiny_bank, tiny_cfg, tiny_dataset
+
+    from models.dense import DenseCaptionDataset, DenseCaptioner, InMemoryFeatures, collate
+    from models.dense import train as dense_train
+
+    base = tiny_dataset()
+    q = {v.video_id: np.random.default_rng(5).standard_normal(
+        (len(base.features.get(v.video_id, "feats")), 16)).astype(np.float32) for v in base.videos}
+    feats = InMemoryFeatures(base.features.arrays["feats"], base.features.arrays["times"], queries=q)
+    ds = DenseCaptionDataset(base.videos, feats, VOCAB, max_words=6, queries="queries")
+    batch = collate([ds[i] for i in range(len(ds))])
+    assert torch.equal(batch.queries[0, : batch.lengths[0]], torch.from_numpy(q["v0"]))
+    bank = tiny_bank(base)
+    seen = {}
+
+    def spy(x, *a, **k):
+        seen["x"] = x
+        return retrieve(x, *a, **k)
+
+    monkeypatch.setattr(dense_train, "retrieve", spy)
+    cm2 = DenseCaptioner(tiny_cfg(retrieval=True), VOCAB.size).eval()
+    dense_train.run_model(cm2, batch, bank, training=False)
+    assert seen["x"] is batch.queries
+    seen.clear()
+    plain = collate([base[i] for i in range(len(base))])
+    dense_train.run_model(cm2, plain, bank, training=False)
+    assert seen["x"] is plain.feats
+    # the oracle: the model reads window_means(queries) as its memory, and retrieve is never called
+    seen.clear()
+    model = DenseCaptioner(tiny_cfg(retrieval=True, retrieval_query="oracle"), VOCAB.size).eval()
+    got = {}
+    monkeypatch.setattr(model, "forward", lambda f, v, d, retrieved: got.setdefault("m", retrieved))
+    dense_train.run_model(model, batch, bank, training=False)
+    assert "x" not in seen
+    assert torch.equal(got["m"], window_means(batch.queries, batch.lengths, 4))
+    with pytest.raises(UserError, match="no ground-truth vectors"):
+        dense_train.run_model(model, plain, bank, training=False)
+
+
+def test_oracle_vectors_by_hand(tmp_path):
+    from models.dense.task import oracle_vectors
+    from vidmem.manifest import Event, Manifest
+    from vidmem.store import ArraySpec, FeatureStore, ShardedWriter
+
+    a, b = np.array([3.0, 4.0, 0.0], np.float32), np.array([0.0, 0.0, 2.0], np.float32)
+    texts = ["A red circle spins.", "A blue box grows."]
+    w = ShardedWriter(tmp_path / "text.zarr", texts, [1, 1], {"sentence": ArraySpec((3,), "float32")},
+                      {"kind": "text"})
+    w.prepare()
+    w.fill(range(w.n_shards), lambda reqs: [{"sentence": [a, b][i][None]} for i, _, _ in reqs])
+    w.finish()
+    man = Manifest(events=[Event("v", "test", 0.0, 1.5, texts[0]), Event("v", "test", 1.0, 3.0, texts[1]),
+                           Event("v", "test", 0.0, 3.0, "another annotator", annotator=1)])
+    out = oracle_vectors(man, FeatureStore(tmp_path / "text.zarr"),
+                         {"v": np.array([0.0, 1.0, 2.0, 3.5]), "empty": np.array([0.0, 1.0])})
+    ua, ub = a / 5, b / 2  # unit vectors
+    assert np.allclose(out["v"], np.stack([ua, (ua + ub) / 2, ub, np.zeros(3)]))
+    assert np.array_equal(out["empty"], np.zeros((2, 3), np.float32))

@@ -11,6 +11,7 @@ Adam, lr 5e-5, weight decay 1e-4, batch 1, 30 epochs, x0.5 at epochs 8, 11, ...,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from vidmem.common import UserError
 
@@ -72,6 +73,11 @@ class DenseConfig:
     retrieval: bool = False  # False: PDVC; True: CM2
     window: int = 20  # temporal anchors W (ANet 20, YC2 50)
     soft_k: int = 100  # bank hits averaged per window (ANet 100, YC2 80)
+    # what queries the bank per window: the mean of its frame vectors (CM2) or of the window encoder's vectors
+    # centred on its frames (`finetune_window`, data/features/window.zarr). `oracle` is a diagnostic upper
+    # bound, never a result: nothing is retrieved, each window gets the text vectors of the ground-truth
+    # events overlapping it (its own video's annotator-0 sentences, test included; text.zarr), time-weighted
+    retrieval_query: Literal["frames", "window", "oracle"] = "frames"
     bank_dim: int = 768  # CLIP text embedding size of the memory bank
     text_dropout: float = 0.5  # dropout inside the 2-layer down-projection
     # ------------------------------------------------------------------ checks

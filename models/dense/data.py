@@ -34,8 +34,10 @@ class FeatureSource(Protocol):
 class InMemoryFeatures:
     """A FeatureSource over dicts (tests, small experiments): feats[vid] [T, D], times[vid] [T] seconds."""
 
-    def __init__(self, feats: Mapping[str, np.ndarray], times: Mapping[str, np.ndarray]):
-        self.arrays = {"feats": dict(feats), "times": dict(times)}
+    def __init__(self, feats: Mapping[str, np.ndarray], times: Mapping[str, np.ndarray],
+                 **more: Mapping[str, np.ndarray]):
+        """more: further per-frame arrays by name (e.g. window=... for CM2's window-encoder queries)."""
+        self.arrays = {"feats": dict(feats), "times": dict(times), **{k: dict(v) for k, v in more.items()}}
 
     def __contains__(self, video_id: str) -> bool:
         return video_id in self.arrays["feats"]
@@ -63,6 +65,7 @@ class DenseBatch:
     boxes: list[Tensor]  # per video [n, 2] normalised (centre, length)
     tokens: list[Tensor]  # per video [n, max_words + 2] int64: 0, words, 0, padding 0
     n_words: list[Tensor]  # per video [n]
+    queries: Tensor | None = None  # [B, T, D] what queries CM2's memory per frame (None: the frame features)
 
     def to(self, device: torch.device | str) -> DenseBatch:
         return DenseBatch(
@@ -75,6 +78,7 @@ class DenseBatch:
             [b.to(device) for b in self.boxes],
             self.tokens,
             self.n_words,
+            None if self.queries is None else self.queries.to(device),
         )
 
 
@@ -96,8 +100,12 @@ class DenseCaptionDataset(Dataset):
         max_words: int = 30,
         resample_len: int = 0,
         where: str = "dense dataset",
+        queries: str | None = None,
     ):
+        """queries: the name of a per-frame array of `features`, row-aligned with 'feats', that CM2's memory
+        retrieval reads instead of the frame features (e.g. 'window': the window encoder's vectors)."""
         self.videos = list(videos)
+        self.queries = queries
         self.features = features
         self.vocab = vocab
         self.max_words = max_words
@@ -140,6 +148,7 @@ class DenseCaptionDataset(Dataset):
         max_words: int = 30,
         resample_len: int = 0,
         on_missing: str = "error",
+        queries: str | None = None,
     ) -> DenseCaptionDataset:
         """Videos of `split` that have events of `annotator` (a `vidmem.manifest.Manifest`).
 
@@ -175,7 +184,8 @@ class DenseCaptionDataset(Dataset):
                 )
             )
         return cls(
-            videos, features, vocab, max_words, resample_len, where=f"manifest events, split {split!r}"
+            videos, features, vocab, max_words, resample_len, where=f"manifest events, split {split!r}",
+            queries=queries,
         )
 
     def __len__(self) -> int:
@@ -195,11 +205,18 @@ class DenseCaptionDataset(Dataset):
             )
         if not np.isfinite(feats).all():
             raise UserError(f"{self.where}: video {v.video_id!r}: frame features contain NaN or inf")
+        queries = None
+        if self.queries is not None:
+            queries = np.asarray(self.features.get(v.video_id, self.queries), dtype=np.float32)
+            if queries.shape != feats.shape:
+                raise UserError(f"{self.where}: video {v.video_id!r}: {self.queries} vectors {queries.shape} do "
+                                f"not match its frame features {feats.shape}")
         if self.resample_len:
             feats, times = (
                 resample_nearest(feats, self.resample_len),
                 resample_nearest(times, self.resample_len),
             )
+            queries = None if queries is None else resample_nearest(queries, self.resample_len)
         se = np.clip(np.asarray(v.events, dtype=np.float32).reshape(-1, 2) / v.duration, 0.0, 1.0)
         boxes = (
             np.stack([(se[:, 0] + se[:, 1]) / 2, se[:, 1] - se[:, 0]], -1) if len(se) else np.zeros((0, 2))
@@ -218,6 +235,7 @@ class DenseCaptionDataset(Dataset):
             "boxes": torch.as_tensor(boxes, dtype=torch.float32),
             "tokens": torch.from_numpy(tokens),
             "n_words": torch.from_numpy(n_words),
+            **({} if queries is None else {"queries": torch.from_numpy(queries)}),
         }
 
 
@@ -229,6 +247,11 @@ def collate(items: Sequence[dict[str, Any]]) -> DenseBatch:
     for i, it in enumerate(items):
         feats[i, : lengths[i]] = it["feats"]
         times[i, : lengths[i]] = it["times"]
+    queries = None
+    if "queries" in items[0]:
+        queries = torch.zeros(b, t, items[0]["queries"].shape[1])
+        for i, it in enumerate(items):
+            queries[i, : lengths[i]] = it["queries"]
     valid = torch.arange(t)[None, :] < lengths[:, None]
     return DenseBatch(
         video_ids=[it["video_id"] for it in items],
@@ -240,4 +263,5 @@ def collate(items: Sequence[dict[str, Any]]) -> DenseBatch:
         boxes=[it["boxes"] for it in items],
         tokens=[it["tokens"] for it in items],
         n_words=[it["n_words"] for it in items],
+        queries=queries,
     )

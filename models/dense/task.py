@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from metrics.dense import evaluate_dense, write_predictions
@@ -37,11 +38,53 @@ SUMMARY_KEYS = ("METEOR", "METEOR_2021", "CIDEr", "Bleu_1", "Bleu_2", "Bleu_3", 
                 "Precision", "Recall", "F1")
 
 
-def load_features(paths: Paths, manifest: Manifest, splits: tuple[str, ...]) -> InMemoryFeatures:
-    """The frame features of every video with events in `splits` (small: read once, kept in memory)."""
+def load_features(paths: Paths, manifest: Manifest, splits: tuple[str, ...],
+                  query: str = "frames") -> InMemoryFeatures:
+    """The frame features of every video with events in `splits` (small: read once, kept in memory), and what
+    CM2's `retrieval_query` reads beside them as 'queries': the window encoder's vectors (`window.zarr`,
+    row-aligned with the frames) or, for the `oracle` diagnostic, `oracle_vectors`."""
     store = FeatureStore(paths.store("clip"))
-    vids = {e.video_id for e in manifest.events if e.split in splits and e.video_id in store}
-    return InMemoryFeatures({v: store.get(v) for v in sorted(vids)}, {v: store.get(v, "times") for v in sorted(vids)})
+    vids = sorted({e.video_id for e in manifest.events if e.split in splits and e.video_id in store})
+    feats = {v: store.get(v) for v in vids}
+    times = {v: store.get(v, "times") for v in vids}
+    more = {}
+    if query == "window":
+        wstore = FeatureStore(paths.store("window"))
+        missing = [v for v in vids if v not in wstore]
+        if missing:
+            raise UserError(f"{wstore.path}: no window vectors for {missing[0]!r} ({len(missing)} videos); "
+                            "rerun `dvc repro finetune_window`")
+        more["queries"] = {v: wstore.get(v) for v in vids}
+    elif query == "oracle":
+        more["queries"] = oracle_vectors(manifest, FeatureStore(paths.store("text")), times)
+    return InMemoryFeatures(feats, times, **more)
+
+
+def oracle_vectors(manifest: Manifest, text: FeatureStore,
+                   times: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per frame of each video, the mean unit text vector of its ground-truth events (annotator 0) that span
+    the frame's time; zeros where none does. Window means of these are what a perfect memory would return."""
+    spans: dict[str, list] = {}
+    for e in manifest.events:
+        if e.annotator == 0 and e.video_id in times:
+            spans.setdefault(e.video_id, []).append(e)
+    out = {}
+    for vid, t in times.items():
+        t = np.asarray(t, dtype=np.float64)
+        acc = count = None
+        for e in spans.get(vid, []):
+            if e.sentence not in text:
+                raise UserError(f"{text.path}: no text features for {e.sentence!r}; "
+                                "rerun `dvc repro extract@text`")
+            vec = np.asarray(text.get(e.sentence, "sentence")[0], dtype=np.float32)
+            vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
+            inside = ((t >= e.start) & (t <= e.end)).astype(np.float32)[:, None]
+            acc = inside * vec if acc is None else acc + inside * vec
+            count = inside if count is None else count + inside
+        dim = int(text.array("sentence").shape[-1])
+        out[vid] = (np.zeros((len(t), dim), np.float32) if acc is None
+                    else (acc / np.maximum(count, 1.0)).astype(np.float32))
+    return out
 
 
 def references(manifest: Manifest, split: str) -> list[dict[str, Any]]:
@@ -95,15 +138,18 @@ class DenseTask(Task):
 
     def dataset(self, split: str) -> DenseCaptionDataset:
         if split not in self._splits:
+            query = self.config.retrieval_query if self.config.retrieval else "frames"
+            queries = None if query == "frames" else "queries"
             if split == "test":  # predict on every test video with any reference; skip (and name) missing ones
-                feats = load_features(self.paths, self.manifest, ("test",))
+                feats = load_features(self.paths, self.manifest, ("test",), query)
                 ds = DenseCaptionDataset.from_manifest(self.manifest, split, feats, annotator=None,
                                                        max_words=self.config.max_words,
-                                                       resample_len=self.config.resample_len, on_missing="skip")
+                                                       resample_len=self.config.resample_len, on_missing="skip",
+                                                       queries=queries)
             else:
-                feats = load_features(self.paths, self.manifest, ("train", "val"))
+                feats = load_features(self.paths, self.manifest, ("train", "val"), query)
                 ds = DenseCaptionDataset.from_manifest(self.manifest, split, feats, max_words=self.config.max_words,
-                                                       resample_len=self.config.resample_len)
+                                                       resample_len=self.config.resample_len, queries=queries)
             self._splits[split] = ds
         return self._splits[split]
 
@@ -118,7 +164,11 @@ class DenseTask(Task):
             return []
         m, store = self.paths.manifest, self.paths.store("clip")
         data = [m / "events.jsonl", m / "vocab.json", store / "zarr.json", store / "plan.json"]
-        return data + ([self.paths.bank] if self.config.retrieval else [])
+        if not self.config.retrieval:
+            return data
+        extra = {"frames": [], "window": [self.paths.store("window")], "oracle": [self.paths.store("text")]}
+        return data + [self.paths.bank] + [s / f for s in extra[self.config.retrieval_query]
+                                           for f in ("zarr.json", "plan.json")]
 
     # ------------------------------------------------------------------------------------------ training
     def build(self) -> nn.Module:

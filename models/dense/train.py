@@ -15,7 +15,7 @@ from models.dense.data import DenseBatch, DenseCaptionDataset, collate
 from models.dense.losses import SetCriterion
 from models.dense.model import DenseCaptioner, DenseOutput
 from models.dense.postprocess import postprocess, results_json
-from models.dense.retrieval import retrieve
+from models.dense.retrieval import retrieve, window_means
 from vidmem.bank import TextBank
 from vidmem.common import UserError
 
@@ -34,7 +34,14 @@ def run_model(model: DenseCaptioner, batch: DenseBatch, bank: TextBank | None, t
         if bank is None:
             raise UserError("dense model: retrieval is on (CM2) but no memory bank was given")
         groups = bank.groups_for(batch.video_ids).to(batch.feats.device) if training else None
-        retrieved = retrieve(batch.feats, batch.lengths, bank, cfg.window, cfg.soft_k, groups)
+        if cfg.retrieval_query == "oracle":  # the ground truth's own sentences: an upper bound of retrieval
+            if batch.queries is None:
+                raise UserError("dense model: retrieval_query is oracle but the batch has no ground-truth "
+                                "vectors")
+            retrieved = window_means(batch.queries, batch.lengths, cfg.window)
+        else:
+            queries = batch.feats if batch.queries is None else batch.queries
+            retrieved = retrieve(queries, batch.lengths, bank, cfg.window, cfg.soft_k, groups)
     return model(batch.feats, batch.valid, batch.durations, retrieved)
 
 
