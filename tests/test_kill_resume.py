@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 CHAIN = [("stages.synth",), ("stages.ingest",), ("stages.compress",), ("stages.finetune_clip",),
          ("stages.extract", "clip"), ("stages.extract", "lavila"), ("stages.extract", "text"),
-         ("stages.extract", "audio"), ("stages.bank",),
+         ("stages.extract", "audio"), ("stages.finetune_window",), ("stages.bank",),
          ("stages.train", "pdvc"), ("stages.train", "cm2"), ("stages.train", "meanp"), ("stages.train", "emcl"),
          ("stages.train", "mrnet"),
          ("stages.train", "mrnet_speech"), ("stages.train", "recap_clip"), ("stages.captions", "clip"),
@@ -42,6 +42,8 @@ CHAIN = [("stages.synth",), ("stages.ingest",), ("stages.compress",), ("stages.f
 CASES = {
     "finetune_clip": (("data/checkpoints/encoders/clip", "metrics/clip.json", "dvclive/finetune_clip"),
                       "data/checkpoints/encoders/clip/last.pt", (0.6, 0.9)),
+    "finetune_window": (("data/checkpoints/encoders/window", "data/features/window.zarr", "metrics/window.json",
+                         "dvclive/finetune_window"), "data/checkpoints/encoders/window/last.pt", (0.6, 0.9)),
     "extract lavila": (("data/features/lavila.zarr", "metrics/features_lavila.json"),
                        "data/features/lavila.zarr/plan.json", (0.3, 0.9)),
     "extract text": (("data/features/text.zarr", "metrics/features_text.json"),
