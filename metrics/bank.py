@@ -13,12 +13,17 @@ retrieval can bring to those events.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from vidmem.synth.parse import parse
+from vidmem.synth.parse import parse as _parse
+
+# each window re-reads its video's events: parse every distinct sentence once
+parse = lru_cache(maxsize=None)(_parse)
 
 
 def meaning_key(sentence: str) -> tuple:
@@ -49,9 +54,7 @@ def window_precision(retrieved: Sequence[Sequence[int]], windows: Sequence[tuple
     events[q]: (start, end, sentence) of that window's video. → {retrieved: {p@k}, random: {p@k}, windows}.
     `key` decides when two sentences say the same thing (meaning_key; subject_key / action_key: partial)."""
     keys = [key(s) for s in bank]
-    by_key: dict[tuple, int] = {}
-    for k in keys:
-        by_key[k] = by_key.get(k, 0) + 1
+    by_key = Counter(keys)
     hits = {k: [] for k in ks}
     rand = []
     for top, (a, b), evs in zip(retrieved, windows, events):

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from models.window.task import make_window_task, probes, window_retrieval, write_window_store
 from vidmem.common import file_hash, load_params, run_stage, write_json
 from vidmem.paths import Paths
 from vidmem.toolchain import versions
-from vidmem.training import fit
+from vidmem.training import fit, load_checkpoint
 
 log = logging.getLogger("stages.finetune_window")
 
@@ -28,7 +26,7 @@ def main() -> None:
     task = make_window_task(params, paths)
     result = fit(task, paths.model_dir(task.family, task.name), curves=paths.curves("finetune_window"))
     best = paths.checkpoint(task.family, task.name)
-    model = task.restore(torch.load(best, map_location="cpu", weights_only=False))
+    model = task.restore(load_checkpoint(best, task.device, "run `dvc repro finetune_window`"))
     cfg = task.config
     val = window_retrieval(model, task.videos("val"), task.manifest, "val", task.text, cfg.window, cfg.frames)
     known = probes(model, {s: task.videos(s) for s in ("train", "val")}, task.manifest, task.text, cfg.window,

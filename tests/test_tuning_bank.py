@@ -74,3 +74,14 @@ def test_bank_store_round_trip(tmp_path):
     np.testing.assert_array_equal(vectors[:, 0], [0, 1, 0])
     with pytest.raises(UserError, match="no text features"):
         write_bank(tmp_path / "bank2.zarr", [("v9", "unseen")], text)
+
+
+def test_sentence_vectors_are_unit_and_a_missing_sentence_is_one_error(tmp_path):
+    from vidmem.bank import sentence_vectors
+
+    store = _text_store(tmp_path / "text.zarr", ["a", "b"], dim=4)  # rows filled with 0 and 1
+    got = sentence_vectors(store, ["b", "a", "b"])
+    assert list(got) == ["a", "b"] and got["b"].dtype == np.float32
+    assert np.allclose(got["b"], np.full(4, 0.5)) and np.array_equal(got["a"], np.zeros(4))
+    with pytest.raises(UserError, match=r"text\.zarr: 1 sentences have no text features \(e\.g\. 'c'\); rerun"):
+        sentence_vectors(store, ["a", "c"])

@@ -12,7 +12,7 @@ CM2's three bank files (embeddings, sentences, video ids) as one zarr group:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +32,21 @@ def bank_entries(manifest: Manifest, split: str = "train") -> list[tuple[str, st
         if e.split == split and (e.video_id, e.sentence) not in seen:
             seen.add((e.video_id, e.sentence))
             out.append((e.video_id, e.sentence))
+    return out
+
+
+def sentence_vectors(text: FeatureStore, sentences: Iterable[str], hint: str = "rerun `dvc repro extract@text`"
+                     ) -> dict[str, np.ndarray]:
+    """Unit float32 sentence vectors from the text feature store, one per distinct sentence; a sentence the
+    store lacks is one error naming the store, the count and an example."""
+    want = sorted(set(sentences))
+    missing = [t for t in want if t not in text]
+    if missing:
+        raise UserError(f"{text.path}: {len(missing)} sentences have no text features (e.g. {missing[0]!r}); {hint}")
+    out = {}
+    for t in want:
+        v = np.asarray(text.get(t, "sentence")[0], dtype=np.float32)
+        out[t] = v / max(float(np.linalg.norm(v)), 1e-12)
     return out
 
 

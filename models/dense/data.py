@@ -36,7 +36,7 @@ class InMemoryFeatures:
 
     def __init__(self, feats: Mapping[str, np.ndarray], times: Mapping[str, np.ndarray],
                  **more: Mapping[str, np.ndarray]):
-        """more: further per-frame arrays by name (e.g. window=... for CM2's window-encoder queries)."""
+        """more: further per-frame arrays by name (e.g. queries=... for what CM2's memory reads)."""
         self.arrays = {"feats": dict(feats), "times": dict(times), **{k: dict(v) for k, v in more.items()}}
 
     def __contains__(self, video_id: str) -> bool:
@@ -103,7 +103,7 @@ class DenseCaptionDataset(Dataset):
         queries: str | None = None,
     ):
         """queries: the name of a per-frame array of `features`, row-aligned with 'feats', that CM2's memory
-        retrieval reads instead of the frame features (e.g. 'window': the window encoder's vectors)."""
+        retrieval reads instead of the frame features (`DenseTask` names it 'queries')."""
         self.videos = list(videos)
         self.queries = queries
         self.features = features

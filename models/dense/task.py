@@ -24,7 +24,7 @@ from models.dense.data import DenseCaptionDataset, InMemoryFeatures, collate
 from models.dense.losses import SetCriterion, count_bin_rates
 from models.dense.model import DenseCaptioner
 from models.dense.train import evaluate_loss, predict, run_model
-from vidmem.bank import TextBank, load_bank
+from vidmem.bank import TextBank, load_bank, sentence_vectors
 from vidmem.common import UserError
 from vidmem.manifest import Manifest
 from vidmem.params import Layer
@@ -64,27 +64,17 @@ def oracle_vectors(manifest: Manifest, text: FeatureStore,
                    times: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per frame of each video, the mean unit text vector of its ground-truth events (annotator 0) that span
     the frame's time; zeros where none does. Window means of these are what a perfect memory would return."""
-    spans: dict[str, list] = {}
-    for e in manifest.events:
-        if e.annotator == 0 and e.video_id in times:
-            spans.setdefault(e.video_id, []).append(e)
-    out = {}
-    for vid, t in times.items():
-        t = np.asarray(t, dtype=np.float64)
-        acc = count = None
-        for e in spans.get(vid, []):
-            if e.sentence not in text:
-                raise UserError(f"{text.path}: no text features for {e.sentence!r}; "
-                                "rerun `dvc repro extract@text`")
-            vec = np.asarray(text.get(e.sentence, "sentence")[0], dtype=np.float32)
-            vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
-            inside = ((t >= e.start) & (t <= e.end)).astype(np.float32)[:, None]
-            acc = inside * vec if acc is None else acc + inside * vec
-            count = inside if count is None else count + inside
-        dim = int(text.array("sentence").shape[-1])
-        out[vid] = (np.zeros((len(t), dim), np.float32) if acc is None
-                    else (acc / np.maximum(count, 1.0)).astype(np.float32))
-    return out
+    events = [e for e in manifest.events if e.annotator == 0 and e.video_id in times]
+    vectors = sentence_vectors(text, (e.sentence for e in events))
+    dim = int(text.array("sentence").shape[-1])
+    acc = {v: np.zeros((len(t), dim), np.float32) for v, t in times.items()}
+    count = {v: np.zeros((len(t), 1), np.float32) for v, t in times.items()}
+    for e in events:
+        t = np.asarray(times[e.video_id], dtype=np.float64)
+        inside = ((t >= e.start) & (t <= e.end)).astype(np.float32)[:, None]
+        acc[e.video_id] += inside * vectors[e.sentence]
+        count[e.video_id] += inside
+    return {v: acc[v] / np.maximum(count[v], 1.0) for v in times}
 
 
 def references(manifest: Manifest, split: str) -> list[dict[str, Any]]:

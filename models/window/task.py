@@ -33,6 +33,7 @@ from torch import nn
 
 from models.encoders.tuning import TABLES, VideoTexts, collect_spans, multi_positive_infonce
 from models.window.model import WindowEncoder
+from vidmem.bank import sentence_vectors
 from vidmem.common import UserError
 from vidmem.manifest import Manifest
 from vidmem.params import bounded, to_dict
@@ -258,14 +259,9 @@ class WindowTuningTask(Task):
     def text(self) -> dict[str, np.ndarray]:
         """Unit sentence vectors of every train and val text the pairs and the evaluation use."""
         if self._text is None:
-            store = FeatureStore(self.paths.store("text"))
-            want = sorted({s.text for split in ("train", "val") for v in self.videos(split) for s in v.texts.spans})
-            missing = [t for t in want if t not in store]
-            if missing:
-                raise UserError(f"{store.path}: {len(missing)} sentences have no text features (e.g. "
-                                f"{missing[0]!r}); rerun `dvc repro extract@text`")
-            vec = {t: np.asarray(store.get(t, "sentence")[0], dtype=np.float32) for t in want}
-            self._text = {t: v / max(float(np.linalg.norm(v)), 1e-12) for t, v in vec.items()}
+            self._text = sentence_vectors(FeatureStore(self.paths.store("text")),
+                                          (s.text for split in ("train", "val") for v in self.videos(split)
+                                           for s in v.texts.spans))
         return self._text
 
     def inputs(self) -> list[Path]:
