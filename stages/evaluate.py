@@ -53,8 +53,10 @@ def score(name: str, params: Mapping[str, Any], paths: Paths, out: Path) -> dict
 
 
 def family_rows(family: str, params: Mapping[str, Any]) -> list[str]:
-    """Every trained model, then every baseline, of `family`, in params order."""
-    rows = [n for n, g in (params.get("train") or {}).items() if (g or {}).get("family") == family]
+    """Every trained model, then every baseline, of `family`, in params order. Cross-fitting fold models
+    (`fold` ≥ 0: each trained on part of the train split to caption the rest) are inputs, not results."""
+    rows = [n for n, g in (params.get("train") or {}).items()
+            if (g or {}).get("family") == family and int((g or {}).get("fold", -1)) < 0]
     return rows + [n for n, g in (params.get("baselines") or {}).items() if (g or {}).get("family") == family]
 
 

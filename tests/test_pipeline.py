@@ -41,7 +41,8 @@ TINY_RECAP = {"epochs": 2, "batch_size": 8, "hidden": 32, "heads": 2, "video_que
 def tiny_params(params: dict) -> dict:
     s = params["synth"]
     s["short"].update(count={"train": 4, "val": 2, "test": 2}, duration=[10, 12], events=[2, 3])
-    s["long"].update(count={"train": 1, "val": 1, "test": 1}, duration=[24, 24], segment_sec=12)
+    s["long"].update(count={"train": 2, "val": 1, "test": 1}, duration=[24, 24], segment_sec=12)  # 2: a video per
+                                                                        # cross-fitting fold
     s["video"].update(size=[160, 120], fps=6)
     s["events"]["duration"] = [3, 5]
     s["text"].update(captions_per_video=2, qa_per_video=2)
@@ -88,8 +89,9 @@ def project(tmp_path_factory) -> Path:
     return root
 
 
-RECAP_STAGES = ("train@recap_clip", "captions@clip", "train@recap_segment", "captions@segment", "train@recap_video",
-                "captions@video", "train@recap_flat", "train@recapu", "evaluate@recap")
+RECAP_STAGES = ("train@recap_clip", "train@recap_clip_f0", "train@recap_clip_f1", "captions@clip",
+                "train@recap_segment", "train@recap_segment_f0", "train@recap_segment_f1", "captions@segment",
+                "train@recap_video", "captions@video", "train@recap_flat", "train@recapu", "evaluate@recap")
 
 
 def test_every_stage_ran(project):
@@ -131,6 +133,10 @@ def test_every_stage_ran(project):
     assert {"clip/CIDEr", "segment/CIDEr", "video/CIDEr", "video/rougeLsum"} <= set(recap["recapu"])
     for level, name in (("clip", "clips_train.pkl"), ("segment", "segments_val.pkl"), ("video", "videos_test.json")):
         assert (project / "data" / "captions" / level / name).is_file()
+    for level in ("clip", "segment"):   # the train videos' captions come from the fold models, one video each
+        read = json.loads((project / "data" / "captions" / level / "read.json").read_text())
+        assert [(r["fold"], r["videos"]) for r in read["cross_fit"]] == [(0, 1), (1, 1)], level
+        assert read["cross_fit"][0]["checkpoint"].endswith(f"recap_{level}_f0/best.pt")
     membridge = json.loads((project / "metrics" / "membridge.json").read_text())
     membridge.pop("toolchain")
     assert set(membridge) == {*MEMBRIDGE_MODELS, *MEMBRIDGE_FLOORS}

@@ -264,3 +264,89 @@ def test_caption_stage_resumes_after_a_kill(tmp_path, monkeypatch):
     fresh = tmp_path / "fresh"
     generate_captions(task, model, "clip", fresh, None)
     assert (fresh / "clips_train.pkl").read_bytes() == first   # the resumed output is the uninterrupted one
+
+
+# ---------------------------------------------------------------------------------------------------- cross-fitting
+def test_cross_fit_folds_partition_the_train_videos():
+    from models.recap.data import cross_fit_folds
+
+    fold = cross_fit_folds(["v3", "v0", "v2", "v1", "v4"], 2)
+    assert fold == {"v0": 0, "v1": 1, "v2": 0, "v3": 1, "v4": 0}       # sorted ids dealt in turn
+    assert cross_fit_folds(list(reversed(sorted(fold))), 2) == fold     # independent of the input order
+    with pytest.raises(UserError, match="fold: 2 is not below folds"):
+        RecapConfig(level="clip", fold=2, folds=2).check("train.x")
+
+
+def test_a_fold_model_trains_without_its_fold(tmp_path):
+    data = tiny_data()
+    fold = data.folds(2)
+    assert sorted(fold) == data.split_videos("train") and sorted(set(fold.values())) == [0, 1]
+    full = {s.video_id for s in tiny_task(tmp_path, "clip", data=data).samples("clip", "train")}
+    assert full == set(fold)
+    for k in (0, 1):
+        task = tiny_task(tmp_path, "clip", data=data, fold=k)
+        seen = {s.video_id for s in task.samples("clip", "train")}
+        assert seen == {v for v, f in fold.items() if f != k}
+        assert {s.video_id for s in task.samples("clip", "val")} == set(data.split_videos("val"))   # val whole
+
+
+def test_cross_fitted_train_captions_come_from_the_fold_models(tmp_path, monkeypatch):
+    """A train video of fold i is captioned by fold model i, every val/test video by the level's model; the
+    parts' keys name the writer, so swapping a fold model redoes exactly its fold's videos."""
+    data = tiny_data()
+    main = tiny_task(tmp_path, "clip", data=data)
+    folds = [tiny_task(tmp_path, "clip", data=data, fold=k) for k in (0, 1)]
+    models = [t.build() for t in [main, *folds]]
+    names = {id(m): n for m, n in zip(models, ("main", "f0", "f1"))}
+
+    def labelled(self, model, level, vids, lower):   # each model writes its name: who captioned what
+        return {v: [(s, e, names[id(model)]) for s, e in self.grid(level, v)] for v in vids}
+
+    monkeypatch.setattr(RecapTask, "caption_videos", labelled)
+    out = tmp_path / "cap"
+    writers = [(folds[0], models[1], None), (folds[1], models[2], None)]
+    counts = generate_captions(main, models[0], "clip", out, None, fold_models=writers)
+    fold = data.folds(2)
+    train = read_hcap(out, "clip", "train")
+    assert {v: caps[0][2] for v, caps in train.items()} == {v: f"f{k}" for v, k in fold.items()}
+    for split in ("val", "test"):
+        assert {c[2] for caps in read_hcap(out, "clip", split).values() for c in caps} == {"main"}
+    read = json.loads((out / "read.json").read_text())
+    assert [r["videos"] for r in read["cross_fit"]] == [3, 3] and counts["generated"] == len(data.videos)
+    # other fold-1 weights (another checkpoint file): only fold 1's train videos are captioned again
+    (tmp_path / "f1.pt").write_bytes(b"other weights")
+    again = generate_captions(main, models[0], "clip", out, None,
+                              fold_models=[writers[0], (folds[1], models[2], tmp_path / "f1.pt")])
+    assert again["generated"] == 3 and again["resumed"] == len(data.videos) - 3
+
+
+def test_caption_stage_checks_its_fold_models(tmp_path, monkeypatch):
+    import stages.captions as captions
+
+    monkeypatch.chdir(tmp_path)
+    params = {"families": {"recap": dict(TINY)},
+              "train": {"c": {"family": "recap", "level": "clip"},
+                        "c_f0": {"family": "recap", "level": "clip", "fold": 1},
+                        "s_f0": {"family": "recap", "level": "segment", "fold": 0}},
+              "captions": {"cross_fit": {"clip": ["c_f0"], "segment": ["nope"]}}}
+    main = tiny_task(tmp_path, "clip")
+    with pytest.raises(UserError, match=r"cross_fit.clip\[0\]: train.c_f0 must be a clip-level model .* fold: 0"):
+        captions.fold_writers(params, "clip", main, Paths.at(tmp_path))
+    with pytest.raises(UserError, match="cross_fit.segment: 'nope' is not a train"):
+        captions.fold_writers(params, "segment", main, Paths.at(tmp_path))
+    assert captions.fold_writers(params, "video", main, Paths.at(tmp_path)) == []
+
+
+def test_caption_stage_scores_each_split_against_the_references(tmp_path, monkeypatch):
+    data = tiny_data()
+    task = tiny_task(tmp_path, "clip", data=data)
+    truth = {(v, s, e): t for lv, v, sp, s, e, t in data.references if lv == "clip"}
+
+    def perfect_on_train(self, model, level, vids, lower):
+        return {v: [(s, e, truth[v, s, e] if data.videos[v][0] == "train" else "a square vanishes")
+                    for s, e in self.grid(level, v)] for v in vids}
+
+    monkeypatch.setattr(RecapTask, "caption_videos", perfect_on_train)
+    got = generate_captions(task, task.build(), "clip", tmp_path / "cap", None, score=True)
+    assert got["train_scored"] == 36 and got["test_scored"] == 12
+    assert got["train_CIDEr"] > 1.0 and got["val_CIDEr"] == got["test_CIDEr"] == 0.0

@@ -6,6 +6,10 @@
 - video: at most `video_feats` window features ("masking": more are sampled uniformly, fewer are zero-padded
   with a 0/1 mask) + the generated segment descriptions, joined in order.
 Uniform sampling is ReCap's rule: indices int(k·N/(n+1)) for k = 1..n (repeats when N < n).
+
+Cross-fitting (`cross_fit_folds`): the train videos are dealt into folds in sorted order; the train-split
+captions a level writes for a video in fold k come from the model trained without fold k, so the level above
+trains on captions as wrong as the ones it reads at test time.
 """
 from __future__ import annotations
 
@@ -45,6 +49,11 @@ def masked_sample(feats: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     mask = np.zeros(k, dtype=bool)
     mask[:n] = True
     return out, mask
+
+
+def cross_fit_folds(videos: Sequence[str], folds: int) -> dict[str, int]:
+    """The train videos dealt into `folds` folds: the i-th of the sorted ids goes to fold i mod folds."""
+    return {v: i % folds for i, v in enumerate(sorted(videos))}
 
 
 def windows(duration: float, step: float) -> list[tuple[float, float]]:

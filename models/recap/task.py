@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metrics.captions import score_captions
 from metrics.hierarchy import flatten, score_hierarchy
 from models.recap.config import LEVELS, RecapConfig
 from models.recap.data import (
@@ -37,6 +38,7 @@ from models.recap.data import (
     Sample,
     captions_inside,
     collate,
+    cross_fit_folds,
     hcap_entries,
     join_captions,
     key_of,
@@ -125,6 +127,10 @@ class RecapData:
     def split_videos(self, split: str) -> list[str]:
         return sorted(v for v, (sp, _) in self.videos.items() if sp == split)
 
+    def folds(self, folds: int) -> dict[str, int]:
+        """The cross-fitting fold of every train video."""
+        return cross_fit_folds(self.split_videos("train"), folds)
+
 
 # ---------------------------------------------------------------------------------------------------- task
 class RecapTask(Task):
@@ -147,6 +153,10 @@ class RecapTask(Task):
         if self._data is None:
             self._data = RecapData.from_paths(self.paths, clip_frames=self.config.clip_features == "clip")
         return self._data
+
+    def share_data(self, other: RecapTask) -> None:
+        """Read what `other` read (the caption stage's fold models caption from the same data)."""
+        self._data, self._generated = other.data, other._generated
 
     def generated(self, level: str, split: str) -> dict[str, list[tuple[float, float, str]]]:
         """The captions a caption stage generated for `level` (what the level above reads)."""
@@ -203,11 +213,15 @@ class RecapTask(Task):
                       target, text)
 
     def samples(self, level: str, split: str) -> list[Sample]:
-        """The reference captions of `level` in `split` with their inputs (cached)."""
+        """The reference captions of `level` in `split` with their inputs (cached). A fold model (`fold` ≥ 0)
+        trains on the train videos outside its fold."""
         if (level, split) not in self._samples:
             lower = self.generated(LOWER[level], split) if self.uses_text(level) else {}
-            self._samples[level, split] = [self.sample(level, v, s, e, t, lower.get(v, []))
-                                           for v, s, e, t in self.data.refs(level, split)]
+            refs = self.data.refs(level, split)
+            if split == "train" and self.config.fold >= 0:
+                fold = self.data.folds(self.config.folds)
+                refs = [r for r in refs if fold[r[0]] != self.config.fold]
+            self._samples[level, split] = [self.sample(level, v, s, e, t, lower.get(v, [])) for v, s, e, t in refs]
         return self._samples[level, split]
 
     # ------------------------------------------------------------------------------------------ training
@@ -393,18 +407,34 @@ class RecapTrivial(RecapTask):
 
 # ---------------------------------------------------------------------------------------------------- captions@
 def generate_captions(task: RecapTask, model: ReCap, level: str, out: Path, checkpoint: Path | None,
-                      splits: Sequence[str] = ("train", "val", "test"), chunk: int = 8) -> dict[str, Any]:
+                      splits: Sequence[str] = ("train", "val", "test"), chunk: int = 8,
+                      fold_models: Sequence[tuple[RecapTask, ReCap, Path | None]] = (),
+                      score: bool = False) -> dict[str, Any]:
     """Caption every `level` window of every video of `splits` into `out/` (Ego4D-HCap files per split).
 
+    fold_models (cross-fitting): one (task, model, checkpoint) per fold, the i-th trained without fold i; a
+    train video of fold i is captioned by the i-th, every other video by `model`. Without them `model`
+    captions the train split too (captions of videos it trained on).
+    score: also return each split's CIDEr-D against the level's references at the same spans
+    (`<split>_CIDEr`, over `<split>_scored` captions): the quality of what the level above reads, per split.
     Resumable per video: videos are decoded `chunk` at a time and each video's captions go to
     `out/parts/<vid>.json` with the key of what was read (checkpoint, lower-level captions, config); a rerun
     keeps parts whose key matches and redoes the rest.
     `out/read.json` records what the stage read."""
     lower_level = LOWER.get(level)
-    ck = file_hash(checkpoint) if checkpoint is not None else "in-memory"
-    record: dict[str, Any] = {"level": level, "checkpoint": str(checkpoint), "checkpoint_sha256": ck,
-                              "config": {k: v for k, v in vars(task.config).items()}, "splits": {}}
-    counts = {"generated": 0, "resumed": 0}
+    writers = [(task, model, checkpoint)] + list(fold_models)
+    hashes = [file_hash(c) if c is not None else f"in-memory-{i}" for i, (_, _, c) in enumerate(writers)]
+    configs = [{k: v for k, v in vars(t.config).items()} for t, _, _ in writers]
+    record: dict[str, Any] = {"level": level, "checkpoint": str(checkpoint), "checkpoint_sha256": hashes[0],
+                              "config": configs[0], "splits": {}}
+    fold: dict[str, int] = {}
+    if fold_models:
+        fold = task.data.folds(len(fold_models))
+        record["cross_fit"] = [{"fold": i, "checkpoint": str(c), "checkpoint_sha256": hashes[1 + i],
+                                "videos": sum(f == i for f in fold.values())}
+                               for i, (_, _, c) in enumerate(fold_models)]
+    counts: dict[str, Any] = {"generated": 0, "resumed": 0}
+    quality: dict[str, Any] = {}
     for split in splits:
         lower_file = None
         lower: dict[str, list] = {}
@@ -412,8 +442,9 @@ def generate_captions(task: RecapTask, model: ReCap, level: str, out: Path, chec
             lower = task.generated(lower_level, split)
             lower_file = task.paths.captions / lower_level / HCAP_FILES[lower_level].format(split=split)
         vids = task.data.split_videos(split)
-        keys = {v: hashlib.sha256(json.dumps([ck, record["config"], level, v, lower.get(v, [])], sort_keys=True,
-                                             default=str).encode()).hexdigest() for v in vids}
+        writer = {v: 1 + fold[v] if split == "train" and v in fold else 0 for v in vids}
+        keys = {v: hashlib.sha256(json.dumps([hashes[writer[v]], configs[writer[v]], level, v, lower.get(v, [])],
+                                             sort_keys=True, default=str).encode()).hexdigest() for v in vids}
         done: dict[str, list] = {}
         for vid in vids:
             part = out / "parts" / f"{vid}.json"
@@ -426,12 +457,16 @@ def generate_captions(task: RecapTask, model: ReCap, level: str, out: Path, chec
                 except (ValueError, KeyError):
                     pass
         todo = [v for v in vids if v not in done]
-        for a in range(0, len(todo), chunk):      # a kill loses at most one chunk of videos
-            got = task.caption_videos(model, level, todo[a : a + chunk], lower)
-            for vid, caps in got.items():
-                write_atomic(out / "parts" / f"{vid}.json", json.dumps({"key": keys[vid], "captions": caps}).encode())
-                done[vid] = [tuple(c) for c in caps]
-                counts["generated"] += 1
+        batches = [(w, [v for v in todo if writer[v] == w]) for w in range(len(writers))]
+        for w, mine in batches:
+            wtask, wmodel, _ = writers[w]
+            for a in range(0, len(mine), chunk):      # a kill loses at most one chunk of videos
+                got = wtask.caption_videos(wmodel, level, mine[a : a + chunk], lower)
+                for vid, caps in got.items():
+                    write_atomic(out / "parts" / f"{vid}.json",
+                                 json.dumps({"key": keys[vid], "captions": caps}).encode())
+                    done[vid] = [tuple(c) for c in caps]
+                    counts["generated"] += 1
         entries: list[Any] = []
         for vid in vids:
             mine = lower.get(vid, [])
@@ -439,6 +474,8 @@ def generate_captions(task: RecapTask, model: ReCap, level: str, out: Path, chec
             inputs = [[c for c in mine if s - 1e-6 <= c[0] < e - 1e-6] for s, e, _ in caps] if mine else None
             entries += hcap_entries(level, vid, caps, inputs)
         write_hcap(out / HCAP_FILES[level].format(split=split), level, entries)
+        if score:
+            quality.update(caption_quality(task, level, split, done))
         record["splits"][split] = {"videos": len(vids), "captions": len(entries),
                                    "lower": str(lower_file) if lower_file else None,
                                    "lower_sha256": file_hash(lower_file) if lower_file else None}
@@ -448,7 +485,20 @@ def generate_captions(task: RecapTask, model: ReCap, level: str, out: Path, chec
             p.unlink()
     write_atomic(out / "read.json", json.dumps(record, indent=1, sort_keys=True, default=str).encode())
     log.info("captions@%s: %d videos captioned, %d resumed -> %s", level, counts["generated"], counts["resumed"], out)
-    return {**counts, **{f"{sp}_captions": r["captions"] for sp, r in record["splits"].items()}}
+    return {**counts, **{f"{sp}_captions": r["captions"] for sp, r in record["splits"].items()}, **quality}
+
+
+def caption_quality(task: RecapTask, level: str, split: str,
+                    captions: Mapping[str, Sequence[tuple[float, float, str]]]) -> dict[str, Any]:
+    """CIDEr-D (PTB-tokenised, pycocoevalcap) of generated captions at the spans of the split's references."""
+    refs = {key_of(v, s, e): t for v, s, e, t in task.data.refs(level, split)}
+    preds = {key_of(v, s, e): c for v, caps in captions.items() for s, e, c in caps}
+    keys = [k for k in refs if k in preds]
+    if not keys:
+        return {f"{split}_scored": 0}
+    cider = score_captions({k: [refs[k]] for k in keys}, {k: preds[k] for k in keys}, ("CIDEr",),
+                           source=f"captions@{level} {split}")["CIDEr"]
+    return {f"{split}_CIDEr": cider, f"{split}_scored": len(keys)}
 
 
 def make_task(name: str, layers: Sequence[Layer], paths: Paths, params: Mapping[str, Any] | None = None,
