@@ -33,8 +33,10 @@ CHAIN = [("stages.synth",), ("stages.ingest",), ("stages.compress",), ("stages.f
          ("stages.extract", "audio"), ("stages.finetune_window",), ("stages.bank",),
          ("stages.train", "pdvc"), ("stages.train", "cm2"), ("stages.train", "meanp"), ("stages.train", "emcl"),
          ("stages.train", "mrnet"),
-         ("stages.train", "mrnet_speech"), ("stages.train", "recap_clip"), ("stages.captions", "clip"),
-         ("stages.train", "recap_segment"), ("stages.captions", "segment"), ("stages.train", "recap_video"),
+         ("stages.train", "mrnet_speech"), ("stages.train", "recap_clip"),
+         ("stages.train", "recap_clip_f0"), ("stages.train", "recap_clip_f1"), ("stages.captions", "clip"),
+         ("stages.train", "recap_segment"), ("stages.train", "recap_segment_f0"),
+         ("stages.train", "recap_segment_f1"), ("stages.captions", "segment"), ("stages.train", "recap_video"),
          ("stages.captions", "video"), ("stages.train", "recapu"), ("stages.train", "membridge_pre"),
          ("stages.train", "membridge_cap")]
 
