@@ -457,9 +457,8 @@ def generate_captions(task: RecapTask, model: ReCap, level: str, out: Path, chec
                 except (ValueError, KeyError):
                     pass
         todo = [v for v in vids if v not in done]
-        batches = [(w, [v for v in todo if writer[v] == w]) for w in range(len(writers))]
-        for w, mine in batches:
-            wtask, wmodel, _ = writers[w]
+        for w, (wtask, wmodel, _) in enumerate(writers):
+            mine = [v for v in todo if writer[v] == w]
             for a in range(0, len(mine), chunk):      # a kill loses at most one chunk of videos
                 got = wtask.caption_videos(wmodel, level, mine[a : a + chunk], lower)
                 for vid, caps in got.items():
