@@ -20,7 +20,7 @@ from models.recap.data import (
     windows,
 )
 from models.recap.model import ReCap
-from models.recap.task import RecapData, RecapTask, RecapTrivial, generate_captions, make_task
+from models.recap.task import RecapData, RecapTask, RecapTrivial, generate_captions
 from vidmem.common import UserError
 from vidmem.formats.vocab import Vocab, build_vocab
 from vidmem.paths import Paths
@@ -102,11 +102,6 @@ def test_greedy_and_beam_decoding_agree_at_beam_1():
     assert all(len(x) <= 6 and 0 not in x for x in g)
     b = model.beam(vl, 5, 3)
     assert len(b) == 2
-
-
-def test_gpt2_checkpoint_is_an_explicit_error():
-    with pytest.raises(UserError, match="decoder_checkpoint: loading a GPT-2-style checkpoint is not implemented"):
-        make_task("x", [({"level": "clip", "decoder_checkpoint": "/tmp/gpt2.bin"}, "train.x")], Paths())
 
 
 # ---------------------------------------------------------------------------------------------------- sampling

@@ -91,9 +91,23 @@ def inputs_key(paths: Iterable[str | os.PathLike], extra: Any = None, root: str 
         for f in files:
             if "__pycache__" in f.parts:
                 continue
-            h.update(str(f.relative_to(base) if root is not None else f).encode())
+            h.update(_key_name(f, base if root is not None else None).encode())
             h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def _key_name(f: Path, base: Path | None) -> str:
+    """A file's name in a run key: relative to the project root; a file outside it (local pretrained weights
+    elsewhere on the machine) by its absolute path."""
+    if base is None:
+        return str(f)
+    try:
+        return str(f.relative_to(base))
+    except ValueError:
+        try:
+            return str(f.resolve().relative_to(base.resolve()))
+        except ValueError:
+            return str(f.resolve())
 
 
 # ---------------------------------------------------------------------------------------------------- logging

@@ -4,10 +4,12 @@
     lower-level captions ─► decoder embedding ─► TextMapper ────────────┴─► VL tokens
     BOS w1 w2 … ─► decoder embedding ─► [GatedCrossBlock → DecoderLayer] × L ─► logits
 
-The decoder is our own (no GPT-2 weights here), trained from scratch; the gated blocks sit before each
-decoder layer as in ReCap's GPT-2: LN → cross-attention → tanh(α₁), LN → FFN → tanh(α₂), both α start at 0,
-so the untrained model is exactly the plain decoder and the visual path is switched on by learning.
-Word ids follow the manifest vocabulary: 0 is BOS / EOS / padding, 1..V words.
+The decoder is our own, trained from scratch, or a local GPT-2-style checkpoint (`decoder_checkpoint`,
+models/recap/gpt2.py, frozen but for its LayerNorms); the gated blocks sit before each decoder layer as in
+ReCap's GPT-2: LN → cross-attention → tanh(α₁), LN → FFN → tanh(α₂), both α start at 0, so the untrained
+model is exactly the plain decoder and the visual path is switched on by learning.
+Ids: 0 is BOS / EOS / padding, 1..V the words of the manifest vocabulary (or GPT-2's tokens shifted by one).
+When the decoder is wider than the mappers (`hidden`), the text mapper's input and the VL tokens are projected.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from models.recap.config import RecapConfig
+from models.recap.gpt2 import GPT2Decoder, GPT2Spec
 
 
 def _ffn(d: int, mult: int, dropout: float) -> nn.Sequential:
@@ -116,7 +119,7 @@ class TextDecoder(nn.Module):
 class ReCap(nn.Module):
     """One ReCap level (or ReCap-U: the same module for every level)."""
 
-    def __init__(self, cfg: RecapConfig, vocab_size: int):
+    def __init__(self, cfg: RecapConfig, vocab_size: int, gpt2: GPT2Spec | None = None):
         super().__init__()
         self.cfg, self.vocab_size = cfg, vocab_size
         d = cfg.hidden
@@ -128,7 +131,15 @@ class ReCap(nn.Module):
                                        cfg.dropout)
         self.level_embed = nn.Embedding(3, d)   # which caption to write (matters for ReCap-U only)
         max_pos = max(cfg.max_text_tokens, cfg.clip_words, cfg.segment_words, cfg.video_words) + 2
-        self.decoder = TextDecoder(vocab_size, cfg, max_pos)
+        if gpt2 is None:
+            self.decoder: nn.Module = TextDecoder(vocab_size, cfg, max_pos)
+        else:
+            if gpt2.vocab_size != vocab_size:
+                raise ValueError(f"GPT-2 decoder of {gpt2.vocab_size} tokens for a vocabulary of {vocab_size}")
+            self.decoder = GPT2Decoder(gpt2, cfg.ffn_mult, cfg.dropout)
+        width = getattr(self.decoder, "width", d)
+        self.text_in = nn.Identity() if width == d else nn.Linear(width, d)    # decoder embedding → mapper
+        self.vl_out = nn.Identity() if width == d else nn.Linear(d, width)     # VL tokens → decoder
 
     def encode(self, feats: Tensor, feat_mask: Tensor, kind: str, level: int,
                text: Tensor | None = None, text_mask: Tensor | None = None) -> Tensor:
@@ -137,9 +148,9 @@ class ReCap(nn.Module):
         v = self.video_mapper(proj(feats), feat_mask)
         v = v + self.level_embed.weight[level]
         if text is None:
-            return v
-        t = self.text_mapper(self.decoder.embed_tokens(text), text_mask)
-        return torch.cat([v, t], dim=1)
+            return self.vl_out(v)
+        t = self.text_mapper(self.text_in(self.decoder.embed_tokens(text)), text_mask)
+        return self.vl_out(torch.cat([v, t], dim=1))
 
     def forward(self, vl: Tensor, ids: Tensor, pad: Tensor | None = None) -> Tensor:
         return self.decoder(ids, vl, pad)

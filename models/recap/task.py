@@ -11,7 +11,8 @@
   stages' outputs, and at test time it runs the whole recursion on its own captions.
 - Scores (`evaluate`): metrics/hierarchy.py per level (CIDEr, METEOR, ROUGE-L with PTB; rougeLsum).
 - Vocabulary: the manifest's word vocabulary (data/manifest/vocab.json, `vidmem.formats.vocab.Vocab`): lower-
-  cased words, punctuation dropped, 0 = BOS/EOS/padding.
+  cased words, punctuation dropped, 0 = BOS/EOS/padding. With `decoder_checkpoint` (a local GPT-2-style
+  folder) the checkpoint's byte-level BPE instead (models/recap/gpt2.py), stored in every checkpoint it trains.
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ from models.recap.data import (
     write_atomic,
     write_hcap,
 )
+from models.recap.gpt2 import BPETokenizer, GPT2Spec, GPT2Vocab, checkpoint_dir, checkpoint_files, load_checkpoint
 from models.recap.model import ReCap
 from vidmem.common import UserError, file_hash
 from vidmem.formats.vocab import Vocab
@@ -146,6 +148,8 @@ class RecapTask(Task):
         self._in_memory = data is not None
         self._generated: dict[str, dict[str, dict[str, list]]] = {k: dict(v) for k, v in (generated or {}).items()}
         self._samples: dict[tuple[str, str], list[Sample]] = {}
+        self._vocab: Vocab | GPT2Vocab | None = None
+        self._spec: GPT2Spec | None = None            # the GPT-2 decoder's shape (build / restore)
 
     # ------------------------------------------------------------------------------------------ data
     @property
@@ -153,6 +157,21 @@ class RecapTask(Task):
         if self._data is None:
             self._data = RecapData.from_paths(self.paths, clip_frames=self.config.clip_features == "clip")
         return self._data
+
+    @property
+    def gpt2(self) -> bool:
+        return str(self.config.decoder_checkpoint).lower() != "none"
+
+    @property
+    def vocab(self) -> Vocab | GPT2Vocab:
+        """The ids captions are written in: the manifest's words, or the GPT-2 checkpoint's BPE (from the
+        restored checkpoint when there is one, else from the folder)."""
+        if self._vocab is None:
+            if self.gpt2:
+                self._vocab = GPT2Vocab(BPETokenizer.from_dir(checkpoint_dir(self.config.decoder_checkpoint)))
+            else:
+                self._vocab = self.data.vocab
+        return self._vocab
 
     def share_data(self, other: RecapTask) -> None:
         """Read what `other` read (the caption stage's fold models caption from the same data)."""
@@ -179,6 +198,8 @@ class RecapTask(Task):
         m, store = self.paths.manifest, self.paths.store("lavila")
         out = [m / "hierarchy.jsonl", m / "videos.jsonl", m / "vocab.json", store / "zarr.json",
                store / "plan.json"]
+        if self.gpt2:
+            out += checkpoint_files(checkpoint_dir(self.config.decoder_checkpoint))
         if self.config.clip_features == "clip" and "clip" in self.config.levels:
             out += [self.paths.store("clip") / "zarr.json", self.paths.store("clip") / "plan.json"]
         for lv in self.lower_inputs(self.config.level):
@@ -207,8 +228,8 @@ class RecapTask(Task):
         if self.uses_text(level):
             inside = captions_inside(lower or [], start, end)
             joined = " ".join(inside) if level == "segment" else join_captions(inside)
-            words = d.vocab.encode(joined, cfg.max_text_tokens)
-        target = d.vocab.encode(text, cfg.max_words(level)) if text else []
+            words = self.vocab.encode(joined, cfg.max_text_tokens)
+        target = self.vocab.encode(text, cfg.max_words(level)) if text else []
         return Sample(key_of(vid, start, end), vid, level, start, end, x.astype(np.float32), mask, kind, words,
                       target, text)
 
@@ -229,7 +250,22 @@ class RecapTask(Task):
         for lv in self.config.levels:
             if not self.samples(lv, "train"):
                 raise UserError(f"recap {self.name}: the train split has no {lv}-level captions")
-        return ReCap(self.config, self.data.vocab.size)
+        if not self.gpt2:
+            return ReCap(self.config, self.vocab.size)
+        spec, weights, vocab = load_checkpoint(self.config.decoder_checkpoint)
+        longest = max(self.config.max_text_tokens, *(self.config.max_words(lv) for lv in LEVELS)) + 2
+        if longest > spec.n_positions:
+            raise UserError(f"params.yaml families.recap: max_text_tokens / *_words need {longest} positions, "
+                            f"{self.config.decoder_checkpoint} has {spec.n_positions}")
+        self._vocab, self._spec = vocab, spec
+        model = ReCap(self.config, vocab.size, spec)
+        missing = model.load_state_dict({f"decoder.{k}": v for k, v in weights.items()}, strict=False)
+        lost = [k for k in missing.missing_keys if k.startswith("decoder.lm.")]
+        if lost or missing.unexpected_keys:
+            raise UserError(f"{self.config.decoder_checkpoint}: weights do not fit GPT-2 blocks ({(lost or missing.unexpected_keys)[0]})")
+        log.info("recap %s: decoder from %s (%d layers, width %d, %d tokens; embeddings, attention and MLPs "
+                 "frozen)", self.name, self.config.decoder_checkpoint, spec.n_layer, spec.n_embd, spec.vocab_size)
+        return model
 
     def _level_batches(self, level: str, rng: np.random.Generator, bs: int) -> Iterator[list[tuple[str, int]]]:
         """One level's batches, reshuffled each pass, forever (ReCap-U cycles the shorter levels)."""
@@ -299,17 +335,25 @@ class RecapTask(Task):
         return out
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        gates = [p for n, p in model.named_parameters() if n.endswith("_gate")]
-        rest = [p for n, p in model.named_parameters() if not n.endswith("_gate")]
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]   # a GPT-2 decoder's frozen
+        gates = [p for n, p in named if n.endswith("_gate")]                      # weights are left out
+        rest = [p for n, p in named if not n.endswith("_gate")]
         return [{"params": rest, "weight_decay": self.recipe.weight_decay},
                 {"params": gates, "weight_decay": 0.0, "lr_scale": self.config.gate_lr_scale}]
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        return {"vocab_size": self.data.vocab.size}
+        if not self.gpt2:
+            return {"vocab_size": self.vocab.size}
+        spec = self._spec or load_checkpoint(self.config.decoder_checkpoint)[0]
+        return {"vocab_size": self.vocab.size, "gpt2": spec.state(), "tokenizer": self.vocab.state()}
 
     # ------------------------------------------------------------------------------------------ captioning
     def restore(self, ckpt: Mapping[str, Any]) -> nn.Module:
-        model = ReCap(self.config, int(ckpt["vocab_size"]))
+        spec = None
+        if "gpt2" in ckpt:         # trained on a GPT-2-style decoder: shape and tokenizer from the checkpoint
+            spec = self._spec = GPT2Spec(**ckpt["gpt2"])
+            self._vocab = GPT2Vocab.from_state(ckpt["tokenizer"])
+        model = ReCap(self.config, int(ckpt["vocab_size"]), spec)
         model.load_state_dict(ckpt["state_dict"])
         return model.to(self.device).eval()
 
@@ -329,7 +373,7 @@ class RecapTask(Task):
                 vl = model.encode(b.feats, b.feat_mask, b.kind, b.level, b.text, b.text_mask)
                 for i, ids in zip(idx[a : a + batch_size],
                                   model.generate(vl, self.config.max_words(lv), self.config.beam_size)):
-                    result[i] = self.data.vocab.decode(ids) or "nothing"
+                    result[i] = self.vocab.decode(ids) or "nothing"
         out = [result[i] for i in range(len(samples))]
         return out
 
