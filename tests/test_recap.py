@@ -142,6 +142,17 @@ def test_level_samples_follow_the_rules(tmp_path):
     assert b.feat_mask.shape == (2, 10) and b.text_mask[:, 0].all()
 
 
+def test_reference_lower_input_reads_the_manifests_captions(tmp_path):
+    """The oracle ablation: the segment level reads the reference clip captions, not what was generated."""
+    gen = {"clip": {sp: {f"v{i:02d}": [(0.0, 4.0, "wrong")] for i in range(10)} for sp in ("train", "val", "test")}}
+    task = tiny_task(tmp_path, "segment", generated=gen)
+    oracle = tiny_task(tmp_path, "segment", generated=gen, lower_input="reference")
+    first = oracle.samples("segment", "train")[0]
+    clips = [t for v, s, e, t in task.data.refs("clip", "train") if v == first.video_id and s < first.end]
+    assert task.data.vocab.decode(first.text) == " ".join(clips)
+    assert task.data.vocab.decode(task.samples("segment", "train")[0].text) == "<unk>"
+
+
 # ---------------------------------------------------------------------------------------------------- training
 def test_clip_level_trains_through_fit_and_loss_falls(tmp_path):
     task = tiny_task(tmp_path, "clip", epochs=8)

@@ -16,6 +16,8 @@ class RecapConfig:
 
     level: Literal["clip", "segment", "video", "unified"] = "clip"
     use_text: bool = True               # segment/video: read the lower level's generated captions (False: flat)
+    lower_input: Literal["generated", "reference"] = "generated"   # reference: read the manifest's reference
+                                        # captions of the level below instead, in training and scoring (oracle)
     clip_features: Literal["lavila", "clip"] = "lavila"   # clip level: the window's TimeSformer CLS row, or its
                                         # CLIP frame features (paper: 785 TSF-B tokens of the window)
     lavila_dim: int = bounded(192, lo=1)          # lavila.zarr width (paper: 768 CLS)

@@ -178,7 +178,14 @@ class RecapTask(Task):
         self._data, self._generated = other.data, other._generated
 
     def generated(self, level: str, split: str) -> dict[str, list[tuple[float, float, str]]]:
-        """The captions a caption stage generated for `level` (what the level above reads)."""
+        """The captions a caption stage generated for `level` (what the level above reads); with
+        `lower_input: reference` the manifest's reference captions of that level instead (an oracle
+        ablation: what the level would score on perfect lower-level captions)."""
+        if self.config.lower_input == "reference":
+            out: dict[str, list[tuple[float, float, str]]] = {}
+            for v, s, e, t in self.data.refs(level, split):
+                out.setdefault(v, []).append((s, e, t))
+            return out
         got = self._generated.setdefault(level, {})
         if split not in got:
             got[split] = read_hcap(self.paths.captions / level, level, split)
