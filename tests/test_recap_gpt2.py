@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from models.recap.gpt2 import BPETokenizer, GPT2Decoder, GPT2Vocab, load_checkpoint
+from models.recap.gpt2 import BPETokenizer, GPT2Decoder, GPT2Vocab, checkpoint_files, load_checkpoint
 from models.recap.task import RecapTask
 from tests.test_recap import TINY, tiny_data, tiny_task
 from vidmem.common import UserError
@@ -128,8 +128,7 @@ def test_family_ids_shift_gpt2_tokens_by_one(gpt2_dir):
 def _decoder(root: Path) -> GPT2Decoder:
     spec, weights, _ = load_checkpoint(root)
     dec = GPT2Decoder(spec, 4, 0.0)
-    res = dec.load_state_dict(weights, strict=False)
-    assert not res.unexpected_keys and all(k.startswith("gated.") for k in res.missing_keys)
+    dec.lm.load_state_dict(weights)                   # strict: the checkpoint fills every GPT-2 tensor
     return dec.eval()
 
 
@@ -139,14 +138,16 @@ def test_decoder_is_the_checkpoints_gpt2_and_the_gates_start_shut(gpt2_dir):
     gpt = torch.tensor([vocab.bpe.encode_ids(t)[:12] + [0] * (12 - len(vocab.bpe.encode_ids(t)[:12]))
                         for t in TEXTS[:6]])
     ref = reference_logits(gpt2_dir, gpt)
-    with torch.no_grad():
-        assert torch.allclose(dec.lm_logits(gpt), ref, atol=1e-5)
-        ours = dec(gpt + 1, torch.randn(6, 5, dec.width) * 3)       # family ids, gated blocks on a VL memory
     eos = dec.eos
-    assert torch.allclose(ours[..., 0], ref[..., eos], atol=1e-5)            # id 0 is GPT-2's <|endoftext|>
     keep = [j for j in range(ref.shape[-1]) if j != eos]
-    assert torch.allclose(ours[..., 1:][..., keep], ref[..., keep], atol=1e-5)
-    assert torch.isinf(ours[..., 1 + eos]).all()                                   # EOS only through id 0
+    with torch.no_grad():
+        plain = dec(gpt + 1, None)                                   # family ids: GPT-2's ids shifted by one
+        gated = dec(gpt + 1, torch.randn(6, 5, dec.width) * 3)       # the gated blocks on a VL memory
+    for ours in (plain, gated):
+        assert torch.allclose(ours[..., 0], ref[..., eos], atol=1e-5)        # id 0 is GPT-2's <|endoftext|>
+        assert torch.allclose(ours[..., 1:][..., keep], ref[..., keep], atol=1e-5)
+        assert torch.isinf(ours[..., 1 + eos]).all()                              # EOS only through id 0
+    assert torch.equal(plain, gated)                                 # the gates start shut: exactly GPT-2
 
 
 def test_bin_files_without_the_prefix_load_the_same(tmp_path, gpt2_dir):
@@ -182,6 +183,15 @@ def test_a_broken_checkpoint_is_a_one_line_error(tmp_path, break_it, message):
     with pytest.raises(UserError, match=message) as err:
         load_checkpoint(root)
     assert "\n" not in str(err.value)
+
+
+def test_the_run_key_lists_the_folders_files_and_names_a_missing_one(tmp_path):
+    root = make_checkpoint(tmp_path / "g", fmt="bin")
+    assert [f.name for f in checkpoint_files(root)] == ["config.json", "pytorch_model.bin", "vocab.json",
+                                                        "merges.txt"]
+    (root / "merges.txt").unlink()
+    with pytest.raises(UserError, match=r"merges.txt: missing"):
+        checkpoint_files(root)
 
 
 def test_a_missing_folder_names_the_param_and_the_path(tmp_path):

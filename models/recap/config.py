@@ -58,6 +58,11 @@ class RecapConfig:
             raise UserError(f"params.yaml {where}.segment_sec: must be at least clip_sec ({self.clip_sec})")
 
     @property
+    def positions(self) -> int:
+        """Decoder positions the longest input or target needs (BOS / EOS included)."""
+        return max(self.max_text_tokens, self.clip_words, self.segment_words, self.video_words) + 2
+
+    @property
     def levels(self) -> tuple[str, ...]:
         return LEVELS if self.level == "unified" else (self.level,)
 

@@ -202,25 +202,44 @@ def checkpoint_dir(path: str | Path) -> Path:
     return root
 
 
+def weights_file(root: Path) -> Path:
+    found = next((root / w for w in WEIGHT_FILES if (root / w).is_file()), None)
+    if found is None:
+        raise UserError(f"{root}: no {' or '.join(WEIGHT_FILES)}")
+    return found
+
+
 def checkpoint_files(root: Path) -> list[Path]:
-    """The files a run reads from the folder (its run key hashes them)."""
-    weights = next((root / w for w in WEIGHT_FILES if (root / w).is_file()), root / WEIGHT_FILES[0])
-    return [root / "config.json", weights, root / "vocab.json", root / "merges.txt"]
+    """The files a run reads from the folder (its run key hashes them), each checked to be there."""
+    files = [root / "config.json", weights_file(root), root / "vocab.json", root / "merges.txt"]
+    for f in files:
+        if not f.is_file():
+            raise UserError(f"{f}: missing (a GPT-2-style checkpoint folder holds config.json, the weights, "
+                            f"vocab.json and merges.txt)")
+    return files
 
 
-def load_checkpoint(path: str | Path) -> tuple[GPT2Spec, dict[str, Tensor], GPT2Vocab]:
-    """(spec, GPT-2 weights in this module's layout, tokenizer) of a local checkpoint folder."""
-    root = checkpoint_dir(path)
+def read_spec(root: Path) -> GPT2Spec:
     cfg_file = root / "config.json"
     if not cfg_file.is_file():
         raise UserError(f"{cfg_file}: missing (a GPT-2-style checkpoint folder holds config.json)")
     try:
-        spec = GPT2Spec.from_config(json.loads(cfg_file.read_text()), str(cfg_file))
+        return GPT2Spec.from_config(json.loads(cfg_file.read_text()), str(cfg_file))
     except ValueError as e:
         raise UserError(f"{cfg_file}: not valid JSON ({e})") from None
-    weights = next((root / w for w in WEIGHT_FILES if (root / w).is_file()), None)
-    if weights is None:
-        raise UserError(f"{root}: no {' or '.join(WEIGHT_FILES)}")
+
+
+def read_vocab(root: Path) -> GPT2Vocab:
+    return GPT2Vocab(BPETokenizer.from_dir(root))
+
+
+def load_checkpoint(path: str | Path, vocab: GPT2Vocab | None = None
+                    ) -> tuple[GPT2Spec, dict[str, Tensor], GPT2Vocab]:
+    """(spec, the GPT-2 weights as `GPT2Decoder.lm`'s state dict, tokenizer) of a local checkpoint folder;
+    `vocab`: the folder's tokenizer when already read."""
+    root = checkpoint_dir(path)
+    spec = read_spec(root)
+    weights = weights_file(root)
     try:
         if weights.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -229,17 +248,17 @@ def load_checkpoint(path: str | Path) -> tuple[GPT2Spec, dict[str, Tensor], GPT2
             raw = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one line naming it
         raise UserError(f"{weights}: not a readable weights file ({type(e).__name__}: {e})") from None
-    vocab = GPT2Vocab(BPETokenizer.from_dir(root))
+    vocab = vocab or read_vocab(root)
     if vocab.size != spec.vocab_size:
         raise UserError(f"{root / 'vocab.json'}: {vocab.size} tokens, config.json says vocab_size {spec.vocab_size}")
     if spec.eos_token_id >= 0 and spec.eos_token_id != vocab.bpe.eos:
-        raise UserError(f"{cfg_file}: eos_token_id {spec.eos_token_id} is not vocab.json's <|endoftext|> "
+        raise UserError(f"{root / 'config.json'}: eos_token_id {spec.eos_token_id} is not vocab.json's <|endoftext|> "
                         f"({vocab.bpe.eos})")
     return spec, convert_weights(raw, spec, str(weights)), vocab
 
 
 def convert_weights(raw: Mapping[str, Tensor], spec: GPT2Spec, where: str) -> dict[str, Tensor]:
-    """Hugging Face GPT-2 keys (Conv1D [in, out]) → GPT2Decoder's `lm.*` keys (Linear [out, in])."""
+    """Hugging Face GPT-2 keys (Conv1D [in, out]) → `GPT2Decoder.lm`'s keys (Linear [out, in])."""
     sd = {(k[len("transformer."):] if k.startswith("transformer.") else k): v for k, v in raw.items()}
     out: dict[str, Tensor] = {}
 
@@ -249,19 +268,19 @@ def convert_weights(raw: Mapping[str, Tensor], spec: GPT2Spec, where: str) -> di
         t = sd[key].float()
         return t.t().contiguous() if transpose else t
 
-    out["lm.wte.weight"], out["lm.wpe.weight"] = take("wte.weight"), take("wpe.weight")
-    for name, shape in (("lm.wte.weight", (spec.vocab_size, spec.n_embd)),
-                        ("lm.wpe.weight", (spec.n_positions, spec.n_embd))):
+    out["wte.weight"], out["wpe.weight"] = take("wte.weight"), take("wpe.weight")
+    for name, shape in (("wte.weight", (spec.vocab_size, spec.n_embd)),
+                        ("wpe.weight", (spec.n_positions, spec.n_embd))):
         if tuple(out[name].shape) != shape:
-            raise UserError(f"{where}: {name[3:]} has shape {tuple(out[name].shape)}, config.json implies {shape}")
+            raise UserError(f"{where}: {name} has shape {tuple(out[name].shape)}, config.json implies {shape}")
     for i in range(spec.n_layer):
-        p, q = f"h.{i}.", f"lm.h.{i}."
+        p = q = f"h.{i}."
         for ln in ("ln_1", "ln_2"):
             out[q + ln + ".weight"], out[q + ln + ".bias"] = take(p + ln + ".weight"), take(p + ln + ".bias")
         for mod in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
             out[q + mod + ".weight"] = take(p + mod + ".weight", transpose=True)
             out[q + mod + ".bias"] = take(p + mod + ".bias")
-    out["lm.ln_f.weight"], out["lm.ln_f.bias"] = take("ln_f.weight"), take("ln_f.bias")
+    out["ln_f.weight"], out["ln_f.bias"] = take("ln_f.weight"), take("ln_f.bias")
     return out
 
 
@@ -329,13 +348,6 @@ class GPT2Decoder(nn.Module):
                 x = gated(x, vl)
             x = block(x)
         g = self.lm["ln_f"](x) @ self.lm["wte"].weight.T                         # [B, T, V]
-        shifted = g.clone()
-        shifted[..., self.eos] = float("-inf")          # EOS is id 0 only, never its shifted copy
-        return torch.cat([g[..., self.eos : self.eos + 1], shifted], dim=-1)
-
-    def lm_logits(self, gpt_ids: Tensor) -> Tensor:
-        """The plain language model on GPT-2 ids (what the checkpoint computes; tests compare them)."""
-        x = self.lm["wte"](gpt_ids) + self.lm["wpe"](torch.arange(gpt_ids.shape[1], device=gpt_ids.device))
-        for block in self.lm["h"]:
-            x = block(x)
-        return self.lm["ln_f"](x) @ self.lm["wte"].weight.T
+        out = torch.cat([g[..., self.eos : self.eos + 1], g], dim=-1)       # a new tensor: fill it in place
+        out[..., 1 + self.eos] = float("-inf")              # EOS is id 0 only, never its shifted copy
+        return out

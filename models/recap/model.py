@@ -90,7 +90,7 @@ class TextDecoder(nn.Module):
 
     def __init__(self, vocab_size: int, cfg: RecapConfig, max_positions: int):
         super().__init__()
-        d = cfg.hidden
+        d = self.width = cfg.hidden
         self.embed = nn.Embedding(vocab_size + 1, d)
         self.pos = nn.Embedding(max_positions, d)
         self.gated = nn.ModuleList(GatedCrossBlock(d, cfg.heads, cfg.ffn_mult, cfg.dropout)
@@ -130,14 +130,13 @@ class ReCap(nn.Module):
         self.text_mapper = QueryMapper(cfg.text_queries, d, cfg.heads, cfg.mapper_layers, cfg.ffn_mult,
                                        cfg.dropout)
         self.level_embed = nn.Embedding(3, d)   # which caption to write (matters for ReCap-U only)
-        max_pos = max(cfg.max_text_tokens, cfg.clip_words, cfg.segment_words, cfg.video_words) + 2
         if gpt2 is None:
-            self.decoder: nn.Module = TextDecoder(vocab_size, cfg, max_pos)
+            self.decoder: TextDecoder | GPT2Decoder = TextDecoder(vocab_size, cfg, cfg.positions)
         else:
             if gpt2.vocab_size != vocab_size:
                 raise ValueError(f"GPT-2 decoder of {gpt2.vocab_size} tokens for a vocabulary of {vocab_size}")
             self.decoder = GPT2Decoder(gpt2, cfg.ffn_mult, cfg.dropout)
-        width = getattr(self.decoder, "width", d)
+        width = self.decoder.width
         self.text_in = nn.Identity() if width == d else nn.Linear(width, d)    # decoder embedding → mapper
         self.vl_out = nn.Identity() if width == d else nn.Linear(d, width)     # VL tokens → decoder
 

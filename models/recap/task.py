@@ -51,7 +51,7 @@ from models.recap.data import (
     write_atomic,
     write_hcap,
 )
-from models.recap.gpt2 import BPETokenizer, GPT2Spec, GPT2Vocab, checkpoint_dir, checkpoint_files, load_checkpoint
+from models.recap.gpt2 import GPT2Spec, GPT2Vocab, checkpoint_dir, checkpoint_files, load_checkpoint, read_spec, read_vocab
 from models.recap.model import ReCap
 from vidmem.common import UserError, file_hash
 from vidmem.formats.vocab import Vocab
@@ -126,6 +126,10 @@ class RecapData:
     def refs(self, level: str, split: str) -> list[Span]:
         return sorted((v, s, e, t) for lv, v, sp, s, e, t in self.references if lv == level and sp == split)
 
+    def ref_texts(self, level: str, split: str) -> dict[str, str]:
+        """The split's reference captions of `level` by span key (what predictions are scored against)."""
+        return {key_of(v, s, e): t for v, s, e, t in self.refs(level, split)}
+
     def split_videos(self, split: str) -> list[str]:
         return sorted(v for v, (sp, _) in self.videos.items() if sp == split)
 
@@ -168,7 +172,7 @@ class RecapTask(Task):
         restored checkpoint when there is one, else from the folder)."""
         if self._vocab is None:
             if self.gpt2:
-                self._vocab = GPT2Vocab(BPETokenizer.from_dir(checkpoint_dir(self.config.decoder_checkpoint)))
+                self._vocab = read_vocab(checkpoint_dir(self.config.decoder_checkpoint))
             else:
                 self._vocab = self.data.vocab
         return self._vocab
@@ -259,17 +263,13 @@ class RecapTask(Task):
                 raise UserError(f"recap {self.name}: the train split has no {lv}-level captions")
         if not self.gpt2:
             return ReCap(self.config, self.vocab.size)
-        spec, weights, vocab = load_checkpoint(self.config.decoder_checkpoint)
-        longest = max(self.config.max_text_tokens, *(self.config.max_words(lv) for lv in LEVELS)) + 2
-        if longest > spec.n_positions:
-            raise UserError(f"params.yaml families.recap: max_text_tokens / *_words need {longest} positions, "
-                            f"{self.config.decoder_checkpoint} has {spec.n_positions}")
-        self._vocab, self._spec = vocab, spec
+        spec, weights, vocab = load_checkpoint(self.config.decoder_checkpoint, self.vocab)
+        if self.config.positions > spec.n_positions:
+            raise UserError(f"params.yaml families.recap: max_text_tokens / *_words need {self.config.positions} "
+                            f"positions, {self.config.decoder_checkpoint} has {spec.n_positions}")
+        self._spec = spec
         model = ReCap(self.config, vocab.size, spec)
-        missing = model.load_state_dict({f"decoder.{k}": v for k, v in weights.items()}, strict=False)
-        lost = [k for k in missing.missing_keys if k.startswith("decoder.lm.")]
-        if lost or missing.unexpected_keys:
-            raise UserError(f"{self.config.decoder_checkpoint}: weights do not fit GPT-2 blocks ({(lost or missing.unexpected_keys)[0]})")
+        model.decoder.lm.load_state_dict(weights)        # strict: every GPT-2 tensor, nothing else
         log.info("recap %s: decoder from %s (%d layers, width %d, %d tokens; embeddings, attention and MLPs "
                  "frozen)", self.name, self.config.decoder_checkpoint, spec.n_layer, spec.n_embd, spec.vocab_size)
         return model
@@ -351,7 +351,7 @@ class RecapTask(Task):
     def checkpoint_extra(self) -> dict[str, Any]:
         if not self.gpt2:
             return {"vocab_size": self.vocab.size}
-        spec = self._spec or load_checkpoint(self.config.decoder_checkpoint)[0]
+        spec = self._spec or read_spec(checkpoint_dir(self.config.decoder_checkpoint))
         return {"vocab_size": self.vocab.size, "gpt2": spec.state(), "tokenizer": self.vocab.state()}
 
     # ------------------------------------------------------------------------------------------ captioning
@@ -436,8 +436,7 @@ class RecapTask(Task):
     def evaluate(self, predictions, split: str) -> dict[str, Any]:
         levels = {}
         for lv, preds in predictions.items():
-            refs = {key_of(v, s, e): t for v, s, e, t in self.data.refs(lv, split)}
-            levels[lv] = (refs, preds)
+            levels[lv] = (self.data.ref_texts(lv, split), preds)
         scores = score_hierarchy(levels)
         return {**flatten(scores), "levels": scores}
 
@@ -541,7 +540,7 @@ def generate_captions(task: RecapTask, model: ReCap, level: str, out: Path, chec
 def caption_quality(task: RecapTask, level: str, split: str,
                     captions: Mapping[str, Sequence[tuple[float, float, str]]]) -> dict[str, Any]:
     """CIDEr-D (PTB-tokenised, pycocoevalcap) of generated captions at the spans of the split's references."""
-    refs = {key_of(v, s, e): t for v, s, e, t in task.data.refs(level, split)}
+    refs = task.data.ref_texts(level, split)
     preds = {key_of(v, s, e): c for v, caps in captions.items() for s, e, c in caps}
     keys = [k for k in refs if k in preds]
     if not keys:
