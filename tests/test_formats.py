@@ -20,7 +20,7 @@ from vidmem.common import UserError
 from vidmem.formats import FORMATS, Parsed, make_sources
 from vidmem.formats.readers import load_pickle
 from vidmem.formats.vocab import UNK, build_vocab, decode, encode, tokenize
-from vidmem.manifest import QA, Caption, Event, HierarchyText, Query
+from vidmem.manifest import QA, Caption, Event, HierarchyText, PseudoText, Query
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -423,6 +423,31 @@ def test_ego4d_hcap_three_levels(work: Path):
         ),
     ]
     assert p.durations == {vid: None}  # probed by ingest
+
+
+def test_ego4d_hcap_pseudo_labels_are_their_own_table(work: Path):
+    """segments_train_pseudo.pkl / videos_train_pseudo.json (the released layouts) → hierarchy_pseudo rows:
+    training text, kept apart from the references that are scored; refused on a non-train source."""
+    vid = "a3f1e2c4-0b9d-4f6e-8a7b-1c2d3e4f5a6b"
+    pseudo = [{"vid": vid, "sid": "pseudo-7", "start_sec": 0.4, "end_sec": 1.6,
+               "segment_description": "C gets the bread out.", "captions_gt": [],
+               "captions_pred": [[vid, 0.8, 1.6, "#C C takes out the bread"]]}]
+    summaries = [{"vid": vid, "start_sec": 0.0, "end_sec": 1.6, "video_summary": "C made a sandwich.",
+                  "segment_descriptions": ["C gets the bread out."], "segment_descriptions_pred": []}]
+    (work / "ego4d_hcap/segments_train_pseudo.pkl").write_bytes(pickle.dumps(pseudo))
+    (work / "ego4d_hcap/videos_train_pseudo.json").write_text(json.dumps(summaries))
+    keys = {"segments_pseudo": "ego4d_hcap/segments_train_pseudo.pkl",
+            "summaries_pseudo": "ego4d_hcap/videos_train_pseudo.json"}
+    p = parse(work, "ego4d_hcap", split="train", **keys)
+    s, v = (str(work / "ego4d_hcap" / n) for n in ("segments_train_pseudo.pkl", "videos_train_pseudo.json"))
+    assert rows(p) == [
+        PseudoText("ego4d_hcap:train/segment_pseudo/pseudo-7", vid, "train", "segment", 0.4, 1.6,
+                   "C gets the bread out.", s),
+        PseudoText("ego4d_hcap:train/video_pseudo/0", vid, "train", "video", 0.0, 1.6, "C made a sandwich.", v),
+    ]
+    assert {i.row.table for i in p.items} == {"hierarchy_pseudo"}
+    with pytest.raises(UserError, match="`segments_pseudo` is training text; give it on the train source"):
+        parse(work, "ego4d_hcap", split="val", **keys)
 
 
 def test_msrvtt_qa_and_answer_set():

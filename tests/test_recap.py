@@ -14,6 +14,7 @@ from models.recap.config import RecapConfig
 from models.recap.data import (
     captions_inside,
     collate,
+    key_of,
     masked_sample,
     read_hcap,
     uniform_indices,
@@ -199,6 +200,28 @@ def test_trivial_baseline_predicts_the_top_train_caption(tmp_path):
     preds = task.predict(None, "test")
     assert set(preds) == {"clip", "segment", "video"}
     assert len(set(preds["video"].values())) == 1
+
+
+def test_pseudo_labels_are_training_text_only(tmp_path):
+    """hierarchy_pseudo rows join the train samples (with pseudo_labels, within the fold model's videos) and
+    nothing else: not the val / test references, not the trivial baseline's top caption."""
+    data = tiny_data()
+    pseudo = [("segment", v, "train", 6.0, 18.0, "the shifted circle spins.") for v in data.split_videos("train")]
+    data.pseudo = pseudo + [("segment", "v06", "val", 6.0, 18.0, "a val pseudo row is never read.")]
+    with_p = tiny_task(tmp_path, "segment", data=data, use_text=False)
+    keys = [s.key for s in with_p.samples("segment", "train")]
+    manual = [key_of(v, s, e) for v, s, e, _ in data.refs("segment", "train")]
+    assert sorted(keys) == sorted(manual + [key_of(v, 6.0, 18.0) for _, v, *_ in pseudo])
+    assert [s.key for s in tiny_task(tmp_path, "segment", data=data, use_text=False, pseudo_labels=False)
+            .samples("segment", "train")] == manual
+    assert [s.key for s in with_p.samples("segment", "val")] == [key_of(v, s, e) for v, s, e, _ in
+                                                                 data.refs("segment", "val")]
+    fold = data.folds(2)
+    f0 = {s.key for s in tiny_task(tmp_path, "segment", data=data, use_text=False, fold=0).samples("segment", "train")}
+    assert f0 == {k for k in keys if fold[k.split("@")[0]] != 0}
+    data.pseudo = [("segment", v, "train", 6.0, 18.0, "the same pseudo row everywhere.") for v in fold] * 5
+    triv = RecapTrivial("triv", RecipeConfig(), RecapConfig(**TINY), Paths.at(tmp_path), data=data)
+    assert "pseudo" not in next(iter(triv.predict(None, "test")["segment"].values()))
 
 
 # ---------------------------------------------------------------------------------------------------- captions@

@@ -7,6 +7,7 @@ with 1 worker. The two must agree to the byte.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import yaml
 from vidmem.common import UserError
 from vidmem.params import read
 from vidmem.synth import SynthConfig, build, generate
+from vidmem.synth.annotate import pseudo_windows
 from vidmem.synth.grammar import contains_marker, heldout_markers
 from vidmem.synth.motion import Timeline
 from vidmem.synth.shapes import EXTENT
@@ -214,6 +216,54 @@ def test_ego4d_hcap_formats(runs, ds):
             assert sum(1 for c in clips if c[0] == v["vid"]) == math.ceil(long[v["vid"]].duration / 4)
 
 
+def test_pseudo_segments_file(runs, ds):
+    """segments_train_pseudo.pkl: the train videos' shifted grids (TINY: 12 s segments, 5 grids → shifts 2 … 10 s),
+    in the segments_*.pkl layout, each description naming exactly the events whose midpoint lies inside."""
+    root = runs[0] / "annotations/ego4d_hcap"
+    assert sorted(p.name for p in root.glob("*pseudo*")) == ["segments_train_pseudo.pkl"]
+    pseudo = load_pickle(root / "segments_train_pseudo.pkl")
+    long = {s.video_id: (s, t) for s, t in ds.items if s.long}
+    train = sorted(v for v, (s, _) in long.items() if s.split == "train")
+    assert sorted({p["vid"] for p in pseudo}) == train
+    for vid in train:
+        spec, text = long[vid]
+        mine = [p for p in pseudo if p["vid"] == vid]
+        assert [(p["start_sec"], p["end_sec"]) for p in mine] == pseudo_windows(spec.duration, 12, (2.0, 4.0, 6.0, 8.0, 10.0))
+        assert [(p["start_sec"], p["end_sec"], p["segment_description"]) for p in mine] == text.segments_pseudo
+        assert len({p["sid"] for p in mine}) == len(mine)
+        for p in mine:
+            assert set(p) == {"vid", "sid", "start_sec", "end_sec", "segment_description", "captions_gt",
+                              "captions_pred"}
+            assert [c[1:] for c in p["captions_gt"]] == [
+                [a, b, c] for a, b, c in text.clips if p["start_sec"] <= a < p["end_sec"]]
+            inside = [e for e in spec.events if p["start_sec"] <= (e.start + e.end) / 2 < p["end_sec"]]
+            sentences = p["segment_description"].count(".")
+            assert sentences == (len({e.obj for e in inside}) or 1)
+            assert p["segment_description"].count(" and then ") == sum(
+                1 for o in {e.obj for e in inside} if sum(e.obj == o for e in inside) > 1)
+
+
+def test_pseudo_windows_hand_worked():
+    assert pseudo_windows(75, 30, (10.0, 20.0)) == [
+        (0.0, 10.0), (10.0, 40.0), (40.0, 70.0), (70.0, 75.0), (0.0, 20.0), (20.0, 50.0), (50.0, 75.0)]
+    assert pseudo_windows(15, 30, (10.0, 20.0)) == [(0.0, 10.0), (10.0, 15.0)]   # a shift past the end: no grid
+    assert pseudo_windows(75, 30, ()) == []
+    assert read(SynthConfig, {**TINY, "long": {**TINY["long"], "pseudo_grids": 5}}, "synth").long.pseudo_shifts \
+        == (2.0, 4.0, 6.0, 8.0, 10.0)
+
+
+def test_pseudo_labels_leave_the_rest_of_the_text_unchanged(ds):
+    """The pseudo-labels draw from their own random stream: every other text (and scene) is the same without
+    them, so turning them on or off changes nothing but segments_train_pseudo.pkl."""
+    none = build(read(SynthConfig, {**TINY, "long": {**TINY["long"], "pseudo_grids": 0}}, "synth"))
+    assert [s for s, _ in none.items] == [s for s, _ in ds.items]
+    for (_, a), (spec, b) in zip(none.items, ds.items, strict=True):
+        assert not a.segments_pseudo
+        assert bool(b.segments_pseudo) == (spec.long and spec.split == "train")
+        b = dataclasses.replace(b, segments_pseudo=[])
+        assert a == b
+
+
 def test_qa_answers_in_closed_set(runs):
     root = runs[0] / "annotations/msrvtt_qa"
     ans2label = json.loads((root / "train_ans2label.json").read_text())
@@ -267,7 +317,7 @@ def test_heldout_phrasings_only_in_test(runs):
     for s in data["sentences"]:
         hit = contains_marker(s["caption"], markers)
         assert hit is None or split[s["video_id"]] == "test", s
-    for name in ("clips_train.pkl", "segments_train.pkl"):
+    for name in ("clips_train.pkl", "segments_train.pkl", "segments_train_pseudo.pkl"):
         assert contains_marker(repr(load_pickle(root / "ego4d_hcap" / name)), markers) is None
     test_files = ("activitynet/val_1.json", "mmn/test.json", "ego4d_hcap/videos_test.json",
                   "msrvtt_qa/test.jsonl")

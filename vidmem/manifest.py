@@ -9,6 +9,7 @@
 | queries.jsonl     | grounding query (+ spoken version)            | MRNet / MMN                      |
 | captions.jsonl    | whole-video retrieval caption                 | EMCL / meanP, MemBridge          |
 | hierarchy.jsonl   | clip caption / segment description / summary  | ReCap                            |
+| hierarchy_pseudo.jsonl | pseudo-labelled segment description / summary of a train video | ReCap training |
 | qa.jsonl          | question-answer pair                          | MemBridge QA                     |
 | vocab.json        | word vocabulary of the train captions         | caption heads                    |
 | report.json       | per source: counts, and every skipped entry with its reason                       |
@@ -90,6 +91,14 @@ class HierarchyText:
 
 
 @dataclass
+class PseudoText(HierarchyText):
+    """A machine-written segment description or summary of a train video (Ego4D-HCap's `*_train_pseudo`
+    files): more training text for ReCap, never a reference that is scored, never memory or vocabulary."""
+
+    table: ClassVar[str] = "hierarchy_pseudo"
+
+
+@dataclass
 class QA:
     qa_id: str
     video_id: str
@@ -100,8 +109,8 @@ class QA:
     table: ClassVar[str] = "qa"
 
 
-ROW_TYPES = (Video, Event, Query, Caption, HierarchyText, QA)
-T = TypeVar("T", Video, Event, Query, Caption, HierarchyText, QA)
+ROW_TYPES = (Video, Event, Query, Caption, HierarchyText, PseudoText, QA)
+T = TypeVar("T", Video, Event, Query, Caption, HierarchyText, PseudoText, QA)
 
 
 @dataclass
@@ -111,6 +120,7 @@ class Manifest:
     queries: list[Query] = field(default_factory=list)
     captions: list[Caption] = field(default_factory=list)
     hierarchy: list[HierarchyText] = field(default_factory=list)
+    hierarchy_pseudo: list[PseudoText] = field(default_factory=list)
     qa: list[QA] = field(default_factory=list)
     vocab: dict[str, Any] = field(default_factory=dict)
 

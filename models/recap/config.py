@@ -18,6 +18,8 @@ class RecapConfig:
     use_text: bool = True               # segment/video: read the lower level's generated captions (False: flat)
     lower_input: Literal["generated", "reference"] = "generated"   # reference: read the manifest's reference
                                         # captions of the level below instead, in training and scoring (oracle)
+    pseudo_labels: bool = True          # train on the pseudo-labelled train text too (hierarchy_pseudo.jsonl;
+                                        # paper: +5.1 segment / +1.3 video CIDEr); never scored
     clip_features: Literal["lavila", "clip"] = "lavila"   # clip level: the window's TimeSformer CLS row, or its
                                         # CLIP frame features (paper: 785 TSF-B tokens of the window)
     lavila_dim: int = bounded(192, lo=1)          # lavila.zarr width (paper: 768 CLS)

@@ -3,7 +3,9 @@
     train@recap_clip → captions@clip → train@recap_segment → captions@segment → train@recap_video → captions@video
     train@recap_flat (video level, no captions), train@recapu (ReCap-U), evaluate@recap
 
-- A level's model trains on the manifest's reference captions of that level (the `hierarchy` table); its
+- A level's model trains on the manifest's reference captions of that level (the `hierarchy` table) and, with
+  `pseudo_labels`, on the pseudo-labelled train text (`hierarchy_pseudo`: Ego4D-HCap's `*_train_pseudo`
+  files, SynthVid's shifted segment windows), which is never scored nor the trivial baseline's; its
   text input is what the level below *generated* (data/captions/<lower>/, every split, train included), as
   ReCap's curriculum writes `captions_pred` / `segment_descriptions_pred` before the next stage.
 - ReCap-U (`level: unified`): one parameter set for all three levels, one batch of each level in turn (its own
@@ -78,20 +80,22 @@ class RecapData:
     clip: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)   # frames (optional)
     missing: list[tuple] = field(default_factory=list)          # (level, vid, split) of references left out:
                                                                 # their video has no features
+    pseudo: list[tuple] = field(default_factory=list)           # pseudo-labelled train text, as `references`
 
     @classmethod
     def from_paths(cls, paths: Paths, clip_frames: bool = False) -> RecapData:
         from vidmem.manifest import Manifest
         from vidmem.store import FeatureStore
 
-        m = Manifest.read(paths.manifest, tables=("videos", "hierarchy"))
+        m = Manifest.read(paths.manifest, tables=("videos", "hierarchy", "hierarchy_pseudo"))
         refs = [(h.level, h.video_id, h.split, h.start, h.end, h.text) for h in m.hierarchy]
-        vids = sorted({r[1] for r in refs})
-        if not vids:
+        pseudo = [(h.level, h.video_id, h.split, h.start, h.end, h.text) for h in m.hierarchy_pseudo]
+        vids = sorted({r[1] for r in refs + pseudo})
+        if not refs:
             raise UserError(f"{paths.manifest}/hierarchy.jsonl: no hierarchical captions (ego4d_hcap) to train on")
         dur = {v.video_id: v.duration for v in m.videos}
         split = {}
-        for r in refs:
+        for r in refs + pseudo:
             split.setdefault(r[1], r[2])
         store = FeatureStore(paths.store("lavila"))
         cs = FeatureStore(paths.store("clip")) if clip_frames else None
@@ -104,6 +108,7 @@ class RecapData:
             lost = set(missing)
             dropped = [(r[0], r[1], r[2]) for r in refs if r[1] in lost]
             refs = [r for r in refs if r[1] not in lost]
+            pseudo = [r for r in pseudo if r[1] not in lost]
             vids = [v for v in vids if v not in lost]
         else:
             dropped = []
@@ -115,7 +120,7 @@ class RecapData:
                     for v in vids}
         vocab = Vocab.from_json(json.loads((paths.manifest / "vocab.json").read_text()),
                                 str(paths.manifest / "vocab.json"))
-        return cls({v: (split[v], float(dur[v])) for v in vids}, refs, lavila, vocab, clip, dropped)
+        return cls({v: (split[v], float(dur[v])) for v in vids}, refs, lavila, vocab, clip, dropped, pseudo)
 
     def coverage(self, split: str) -> dict[str, Any]:
         """The split's videos without features and their references per level, left out of the scores."""
@@ -125,6 +130,10 @@ class RecapData:
 
     def refs(self, level: str, split: str) -> list[Span]:
         return sorted((v, s, e, t) for lv, v, sp, s, e, t in self.references if lv == level and sp == split)
+
+    def pseudo_refs(self, level: str) -> list[Span]:
+        """The pseudo-labelled train captions of `level` (hierarchy_pseudo.jsonl): training text only."""
+        return sorted((v, s, e, t) for lv, v, sp, s, e, t in self.pseudo if lv == level and sp == "train")
 
     def ref_texts(self, level: str, split: str) -> dict[str, str]:
         """The split's reference captions of `level` by span key (what predictions are scored against)."""
@@ -209,6 +218,8 @@ class RecapTask(Task):
         m, store = self.paths.manifest, self.paths.store("lavila")
         out = [m / "hierarchy.jsonl", m / "videos.jsonl", m / "vocab.json", store / "zarr.json",
                store / "plan.json"]
+        if self.config.pseudo_labels:
+            out.append(m / "hierarchy_pseudo.jsonl")
         if self.gpt2:
             out += checkpoint_files(checkpoint_dir(self.config.decoder_checkpoint))
         if self.config.clip_features == "clip" and "clip" in self.config.levels:
@@ -250,6 +261,8 @@ class RecapTask(Task):
         if (level, split) not in self._samples:
             lower = self.generated(LOWER[level], split) if self.uses_text(level) else {}
             refs = self.data.refs(level, split)
+            if split == "train" and self.config.pseudo_labels:
+                refs = sorted(refs + self.data.pseudo_refs(level))
             if split == "train" and self.config.fold >= 0:
                 fold = self.data.folds(self.config.folds)
                 refs = [r for r in refs if fold[r[0]] != self.config.fold]

@@ -14,7 +14,7 @@ to manifest rows plus per-entry problems (`Parsed`):
 | msrvtt               | msrvtt      | MSRVTT_data.json + train csv / JSFUSION csv        | captions         |
 | msvd                 | msvd        | {split}_list.txt + raw-captions.pkl                | captions         |
 | didemo               | didemo      | {split}_data.json + {split}_list.txt               | captions+queries |
-| ego4d_hcap           | ego4d_hcap  | clips_*.pkl, segments_*.pkl, videos_*.json         | hierarchy        |
+| ego4d_hcap           | ego4d_hcap  | clips_*.pkl, segments_*.pkl, videos_*.json (+ *_train_pseudo) | hierarchy (+ hierarchy_pseudo) |
 | msrvtt_qa            | msrvtt_qa   | {split}.jsonl + train_ans2label.json               | qa               |
 
 Shared pieces: `readers` (JSON with duplicate keys kept aside, CSV, lines, restricted pickle), `checks` (the

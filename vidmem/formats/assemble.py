@@ -29,7 +29,7 @@ from vidmem.manifest import SPLITS, Manifest, Video
 
 log = logging.getLogger("vidmem.ingest")
 
-TIMED = ("events", "queries", "hierarchy")
+TIMED = ("events", "queries", "hierarchy", "hierarchy_pseudo")
 
 
 @dataclass

@@ -7,6 +7,8 @@
   and, in the released files, a `sid`;
 - summaries (`videos_{split}.json`; `datasets.md` says .pkl but the scripts read JSON): a list of dicts with
   `vid`, `start_sec`, `end_sec`, `video_summary`, `segment_descriptions`, `segment_descriptions_pred`.
+- pseudo-labels (`segments_train_pseudo.pkl`, `videos_train_pseudo.json`: the LLM-written descriptions and
+  summaries the paper adds to training), the same layouts → the `hierarchy_pseudo` table, train split only.
 Times are seconds from the start of the full video. The same video may carry several summaries (different
 spans), so repeated `vid`s are expected; a repeated (vid, start, end) at one level is not.
 The files give no video duration: `ingest` probes the video and checks every span against it.
@@ -20,13 +22,15 @@ from vidmem.common import UserError
 from vidmem.formats import checks
 from vidmem.formats.base import Bad, Parsed, Source
 from vidmem.formats.readers import load_json, load_pickle
-from vidmem.manifest import HierarchyText
+from vidmem.manifest import HierarchyText, PseudoText
 
-# level → (params key, text key in each dict; None: a 4-tuple)
+# params key → (level, text key in each dict (None: a 4-tuple), row type)
 LEVEL_FILES = {
-    "clip": ("clips", None),
-    "segment": ("segments", "segment_description"),
-    "video": ("summaries", "video_summary"),
+    "clips": ("clip", None, HierarchyText),
+    "segments": ("segment", "segment_description", HierarchyText),
+    "summaries": ("video", "video_summary", HierarchyText),
+    "segments_pseudo": ("segment", "segment_description", PseudoText),
+    "summaries_pseudo": ("video", "video_summary", PseudoText),
 }
 
 
@@ -34,15 +38,18 @@ def parse_ego4d_hcap(src: Source) -> Parsed:
     out = Parsed(src)
     if not isinstance(src.split, str):
         raise UserError(f"params.yaml: ingest source '{src.name}': split must be one of train/val/test")
-    if not any(src.optional(key) for key, _ in LEVEL_FILES.values()):
+    if not any(src.optional(key) for key in LEVEL_FILES):
         raise UserError(
             f"params.yaml: ingest source '{src.name}': ego4d_hcap needs at least one of "
-            "`clips`, `segments`, `summaries`"
+            + ", ".join(f"`{k}`" for k in LEVEL_FILES)
         )
-    for level, (key, text_key) in LEVEL_FILES.items():
+    for key, (level, text_key, row_type) in LEVEL_FILES.items():
         path = src.optional(key)
         if path is None:
             continue
+        if row_type is PseudoText and src.split != "train":
+            raise UserError(f"params.yaml: ingest source '{src.name}': `{key}` is training text; give it on the "
+                            f"train source (this one is split {src.split})")
         file = src.display(path)
         data = load_json(path) if path.suffix == ".json" else load_pickle(path)
         if not isinstance(data, list):
@@ -61,7 +68,8 @@ def parse_ego4d_hcap(src: Source) -> Parsed:
                 out.problem(file, entry, bad)
                 continue
             out.video(vid)
-            row = HierarchyText(f"{src.name}/{level}/{local}", vid, src.split, level, start, end, text, file)
+            kind = level if row_type is HierarchyText else f"{level}_pseudo"
+            row = row_type(f"{src.name}/{kind}/{local}", vid, src.split, level, start, end, text, file)
             out.add(row, file, entry)
     return out
 

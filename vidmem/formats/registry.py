@@ -49,13 +49,16 @@ FORMATS: dict[str, FormatSpec] = {
     "msrvtt": FormatSpec(parse_msrvtt, (), ("file", "csv"), split_map=MSRVTT_SPLITS, tables=("captions",)),
     "msvd": FormatSpec(parse_msvd, ("list", "captions"), tables=("captions",)),
     "didemo": FormatSpec(parse_didemo, ("file", "list"), tables=("captions", "queries")),
-    "ego4d_hcap": FormatSpec(parse_ego4d_hcap, (), ("clips", "segments", "summaries"), tables=("hierarchy",)),
+    "ego4d_hcap": FormatSpec(
+        parse_ego4d_hcap, (), ("clips", "segments", "summaries", "segments_pseudo", "summaries_pseudo"),
+        tables=("hierarchy", "hierarchy_pseudo"),
+    ),
     "msrvtt_qa": FormatSpec(parse_msrvtt_qa, ("file", "answers"), tables=("qa",)),
 }
 COMMON_KEYS = ("format", "split", "videos", "name")
 
 
-TABLES = ("events", "queries", "captions", "hierarchy", "qa")
+TABLES = ("events", "queries", "captions", "hierarchy", "hierarchy_pseudo", "qa")
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Short videos: dense event captions (one per event; two annotators for test videos), grounding queries (one per
 event, with an espeak-ng voice each), whole-video retrieval captions and QA pairs. Long videos: a caption
 every `clip_sec` seconds, a description of every `segment_sec` window and one summary, plus paraphrased
-"predicted" versions of the clip captions and segment descriptions (the `*_pred` fields of Ego4D-HCap).
+"predicted" versions of the clip captions and segment descriptions (the `*_pred` fields of Ego4D-HCap) and, for
+train videos, pseudo-labelled descriptions over `pseudo_grids` more segment grids, shifted.
 Only the test split draws held-out phrasings.
 """
 from __future__ import annotations
@@ -36,13 +37,14 @@ class VideoText:
     clips_pred: list[tuple[float, float, str]] = field(default_factory=list)
     segments: list[tuple[float, float, str]] = field(default_factory=list)
     segments_pred: list[str] = field(default_factory=list)
+    segments_pseudo: list[tuple[float, float, str]] = field(default_factory=list)   # train split only
     summary: str = ""
 
     def all_text(self) -> list[str]:
         out = [s for a in self.captions for s in a] + self.queries + self.retrieval
         out += [q["question"] for q in self.qa] + [q["answer"] for q in self.qa]
         out += [c for _, _, c in self.clips] + [c for _, _, c in self.segments]
-        out += [c for _, _, c in self.clips_pred] + self.segments_pred
+        out += [c for _, _, c in self.clips_pred] + self.segments_pred + [c for _, _, c in self.segments_pseudo]
         return out + ([self.summary] if self.summary else [])
 
 
@@ -58,6 +60,9 @@ def annotate(cfg: SynthConfig, spec: VideoSpec) -> VideoText:
         pred = Phraser(rng)  # "model output": same content, other (training) wording
         text.clips_pred = clip_captions(pred, spec, cfg.long.clip_sec)
         text.segments_pred = [d for _, _, d in segment_descriptions(pred, spec, cfg.long.segment_sec)]
+        if spec.split == "train" and cfg.long.pseudo_shifts:   # own random stream: the text above is unchanged
+            pseudo = Phraser(video_rng(cfg.seed, spec.long, spec.index, 4))
+            text.segments_pseudo = pseudo_segments(pseudo, spec, cfg.long.segment_sec, cfg.long.pseudo_shifts)
         return text
     n_annotators = 2 if spec.split == "test" else 1
     first = event_captions(ph, spec)
@@ -257,28 +262,48 @@ def _colour_at(spec: VideoSpec, obj: int, t: float) -> str:
 
 
 def segment_descriptions(ph: Phraser, spec: VideoSpec, segment_sec: float) -> list[tuple[float, float, str]]:
-    """One description per window: each object's events in order ("X moves left, grows and then spins.")."""
+    """One description per window of the fixed grid (the manual annotation)."""
+    return [(s, e, describe_segment(ph, spec, s, e)) for s, e in _windows(spec.duration, segment_sec)]
+
+
+def pseudo_windows(duration: float, segment_sec: float, shifts: tuple[float, ...]) -> list[tuple[float, float]]:
+    """The segment grid moved by each shift: [0, shift), then `segment_sec` windows from `shift` on, the last one
+    cut at the video's end (as the manual grid's last window is). Shifts lie strictly inside (0, segment_sec)."""
     out = []
-    for s, e in _windows(spec.duration, segment_sec):
-        mine = [ev for ev in spec.events if s <= (ev.start + ev.end) / 2 < e]
-        sentences = []
-        for o in sorted({ev.obj for ev in mine}, key=lambda o: min(ev.start for ev in mine if ev.obj == o)):
-            evs = [ev for ev in mine if ev.obj == o]
-            subj = ph.subject(evs[0].before.colour, spec.objects[o].shape)
-            verbs = [ph.verb(ev.kind, ev.after.colour)[0] for ev in evs]
-            if len(verbs) == 1:
-                vp = verbs[0]
-            else:
-                vp = ", ".join(verbs[:-1]) + " and then " + verbs[-1]
-            sentences.append(f"{capitalise(subj)} {vp}.")
-        if not sentences:
-            out.append((s, e, ph.pick(SEGMENT_NONE)))
+    for shift in shifts:
+        if shift >= duration - 1e-9:
             continue
-        prefix = ph.pick(SEGMENT_PREFIX)
-        if prefix:
-            sentences[0] = prefix + sentences[0][0].lower() + sentences[0][1:]
-        out.append((s, e, " ".join(sentences)))
+        out.append((0.0, round(shift, 3)))
+        out += [(round(shift + s, 3), round(shift + e, 3)) for s, e in _windows(duration - shift, segment_sec)]
     return out
+
+
+def pseudo_segments(ph: Phraser, spec: VideoSpec, segment_sec: float,
+                    shifts: tuple[float, ...]) -> list[tuple[float, float, str]]:
+    """Extra train-split descriptions over shifted windows: what Ego4D-HCap's `segments_train_pseudo.pkl` adds
+    (there an LLM describes the narrations of unannotated spans; here the same grammar describes the events)."""
+    return [(s, e, describe_segment(ph, spec, s, e)) for s, e in pseudo_windows(spec.duration, segment_sec, shifts)]
+
+
+def describe_segment(ph: Phraser, spec: VideoSpec, s: float, e: float) -> str:
+    """Each object's events whose midpoint lies in [s, e), in order ("X moves left, grows and then spins.")."""
+    mine = [ev for ev in spec.events if s <= (ev.start + ev.end) / 2 < e]
+    sentences = []
+    for o in sorted({ev.obj for ev in mine}, key=lambda o: min(ev.start for ev in mine if ev.obj == o)):
+        evs = [ev for ev in mine if ev.obj == o]
+        subj = ph.subject(evs[0].before.colour, spec.objects[o].shape)
+        verbs = [ph.verb(ev.kind, ev.after.colour)[0] for ev in evs]
+        if len(verbs) == 1:
+            vp = verbs[0]
+        else:
+            vp = ", ".join(verbs[:-1]) + " and then " + verbs[-1]
+        sentences.append(f"{capitalise(subj)} {vp}.")
+    if not sentences:
+        return ph.pick(SEGMENT_NONE)
+    prefix = ph.pick(SEGMENT_PREFIX)
+    if prefix:
+        sentences[0] = prefix + sentences[0][0].lower() + sentences[0][1:]
+    return " ".join(sentences)
 
 
 def summary(ph: Phraser, spec: VideoSpec) -> str:

@@ -79,11 +79,18 @@ class LongConfig:
     gap: tuple[float, float] = bounded((1.0, 12.0), lo=0)
     clip_sec: float = bounded(4.0, lo=0)
     segment_sec: float = bounded(30.0, lo=0)
+    pseudo_grids: int = bounded(5, lo=0)   # train videos: n more segment grids, shifted by k·segment_sec/(n+1)
 
     def check(self, where: str) -> None:
         object.__setattr__(self, "count", _counts(where, "count", self.count))
         _range(where, "duration", self.duration)
         _range(where, "gap", self.gap)
+
+    @property
+    def pseudo_shifts(self) -> tuple[float, ...]:
+        """Where the pseudo-labelled grids start: k·segment_sec/(n+1), k = 1..n (never the manual grid's 0)."""
+        n = self.pseudo_grids
+        return tuple(round(k * self.segment_sec / (n + 1), 3) for k in range(1, n + 1))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ Layout under `annotations/` (the contract with `ingest`):
   mmn/{split}.json                             MMN grounding JSON
   activitynet_speech/{split}.json              MMN JSON + "audios" (WAVs in audio/)
   msrvtt/MSRVTT_data.json, MSRVTT_train.csv, MSRVTT_JSFUSION_{val,test}.csv
-  ego4d_hcap/{clips,segments}_{split}.pkl, videos_{split}.json
+  ego4d_hcap/{clips,segments}_{split}.pkl, videos_{split}.json, segments_train_pseudo.pkl
   msrvtt_qa/{split}.jsonl, train_ans2label.json
 Files are written in a fixed order with fixed formatting, so equal inputs give equal bytes.
 """
@@ -142,19 +142,12 @@ def write_msrvtt(root: Path, short: list[Item]) -> None:
 def write_ego4d_hcap(root: Path, long: list[Item]) -> None:
     d = root / "ego4d_hcap"
     for split in SPLITS:
-        clips, segments, videos = [], [], []
+        clips, segments, pseudo, videos = [], [], [], []
         for spec, text in _split(long, split):
             vid = spec.video_id
             clips += [(vid, _t(s), _t(e), c) for s, e, c in text.clips]
-            for k, ((s, e, desc), pred) in enumerate(zip(text.segments, text.segments_pred, strict=True)):
-                inside = [(a, b, c) for a, b, c in text.clips if s <= a < e]
-                inside_pred = [(a, b, c) for a, b, c in text.clips_pred if s <= a < e]
-                segments.append({
-                    "vid": vid, "sid": f"{vid}_{k}", "start_sec": _t(s), "end_sec": _t(e),
-                    "segment_description": desc,
-                    "captions_gt": [[vid, _t(a), _t(b), c] for a, b, c in inside],
-                    "captions_pred": [[vid, _t(a), _t(b), c] for a, b, c in inside_pred],
-                })
+            segments += [_segment(text, vid, f"{vid}_{k}", s, e, desc) for k, (s, e, desc) in enumerate(text.segments)]
+            pseudo += [_segment(text, vid, f"{vid}_p{k}", s, e, desc) for k, (s, e, desc) in enumerate(text.segments_pseudo)]
             videos.append({
                 "vid": vid, "start_sec": 0.0, "end_sec": _t(spec.duration), "video_summary": text.summary,
                 "segment_descriptions": [desc for _, _, desc in text.segments],
@@ -162,7 +155,20 @@ def write_ego4d_hcap(root: Path, long: list[Item]) -> None:
             })
         _pickle(d / f"clips_{split}.pkl", clips)
         _pickle(d / f"segments_{split}.pkl", segments)
+        if split == "train":        # the released pseudo-labels are train-only too
+            _pickle(d / "segments_train_pseudo.pkl", pseudo)
         _json(d / f"videos_{split}.json", videos)
+
+
+def _segment(text: VideoText, vid: str, sid: str, s: float, e: float, desc: str) -> dict:
+    """One segments_*.pkl entry: its description and the reference / "predicted" clip captions inside it."""
+    inside = [(a, b, c) for a, b, c in text.clips if s <= a < e]
+    inside_pred = [(a, b, c) for a, b, c in text.clips_pred if s <= a < e]
+    return {
+        "vid": vid, "sid": sid, "start_sec": _t(s), "end_sec": _t(e), "segment_description": desc,
+        "captions_gt": [[vid, _t(a), _t(b), c] for a, b, c in inside],
+        "captions_pred": [[vid, _t(a), _t(b), c] for a, b, c in inside_pred],
+    }
 
 
 def write_msrvtt_qa(root: Path, short: list[Item], answers: list[str]) -> None:
