@@ -25,7 +25,7 @@ import yaml
 from vidmem.common import UserError
 from vidmem.params import read
 from vidmem.synth import SynthConfig, build, generate
-from vidmem.synth.annotate import pseudo_windows
+from vidmem.synth.annotate import pseudo_summary_spans, pseudo_windows
 from vidmem.synth.grammar import contains_marker, heldout_markers
 from vidmem.synth.motion import Timeline
 from vidmem.synth.shapes import EXTENT
@@ -220,7 +220,7 @@ def test_pseudo_segments_file(runs, ds):
     """segments_train_pseudo.pkl: the train videos' shifted grids (TINY: 12 s segments, 5 grids → shifts 2 … 10 s),
     in the segments_*.pkl layout, each description naming exactly the events whose midpoint lies inside."""
     root = runs[0] / "annotations/ego4d_hcap"
-    assert sorted(p.name for p in root.glob("*pseudo*")) == ["segments_train_pseudo.pkl"]
+    assert sorted(p.name for p in root.glob("*pseudo*")) == ["segments_train_pseudo.pkl", "videos_train_pseudo.json"]
     pseudo = load_pickle(root / "segments_train_pseudo.pkl")
     long = {s.video_id: (s, t) for s, t in ds.items if s.long}
     train = sorted(v for v, (s, _) in long.items() if s.split == "train")
@@ -243,11 +243,34 @@ def test_pseudo_segments_file(runs, ds):
                 1 for o in {e.obj for e in inside} if sum(e.obj == o for e in inside) > 1)
 
 
+def test_pseudo_summaries_file(runs, ds):
+    """videos_train_pseudo.json: a summary of every run of >= 2 consecutive segments short of the whole train
+    video, in the videos_*.json layout, naming each shape's activities inside the span only."""
+    root = runs[0] / "annotations/ego4d_hcap"
+    pseudo = json.loads((root / "videos_train_pseudo.json").read_text())
+    long = {s.video_id: (s, t) for s, t in ds.items if s.long and s.split == "train"}
+    assert {p["vid"] for p in pseudo} <= set(long)
+    for vid, (spec, text) in long.items():
+        mine = [p for p in pseudo if p["vid"] == vid]
+        assert [(p["start_sec"], p["end_sec"]) for p in mine] == pseudo_summary_spans(spec.duration, 12)
+        assert [(p["start_sec"], p["end_sec"], p["video_summary"]) for p in mine] == text.summaries_pseudo
+        for p in mine:
+            assert set(p) == {"vid", "start_sec", "end_sec", "video_summary", "segment_descriptions",
+                              "segment_descriptions_pred"}
+            assert p["segment_descriptions"] == [d for a, _, d in text.segments if p["start_sec"] <= a < p["end_sec"]]
+            assert len(p["segment_descriptions_pred"]) == len(p["segment_descriptions"]) >= 2
+            movers = {e.obj for e in spec.events if e.kind != "still"
+                      and p["start_sec"] <= (e.start + e.end) / 2 < p["end_sec"]}
+            assert p["video_summary"].count(".") == 1 + len(movers)   # the opening + one per active shape
+
+
 def test_pseudo_windows_hand_worked():
     assert pseudo_windows(75, 30, (10.0, 20.0)) == [
         (0.0, 10.0), (10.0, 40.0), (40.0, 70.0), (70.0, 75.0), (0.0, 20.0), (20.0, 50.0), (50.0, 75.0)]
     assert pseudo_windows(15, 30, (10.0, 20.0)) == [(0.0, 10.0), (10.0, 15.0)]   # a shift past the end: no grid
     assert pseudo_windows(75, 30, ()) == []
+    assert pseudo_summary_spans(100, 30) == [(0.0, 60.0), (30.0, 90.0), (60.0, 100.0), (0.0, 90.0), (30.0, 100.0)]
+    assert pseudo_summary_spans(60, 30) == []          # two segments: the only run is the whole video
     assert read(SynthConfig, {**TINY, "long": {**TINY["long"], "pseudo_grids": 5}}, "synth").long.pseudo_shifts \
         == (2.0, 4.0, 6.0, 8.0, 10.0)
 
@@ -255,12 +278,13 @@ def test_pseudo_windows_hand_worked():
 def test_pseudo_labels_leave_the_rest_of_the_text_unchanged(ds):
     """The pseudo-labels draw from their own random stream: every other text (and scene) is the same without
     them, so turning them on or off changes nothing but segments_train_pseudo.pkl."""
-    none = build(read(SynthConfig, {**TINY, "long": {**TINY["long"], "pseudo_grids": 0}}, "synth"))
+    none = build(read(SynthConfig, {**TINY, "long": {**TINY["long"], "pseudo_grids": 0, "pseudo_summaries": False}},
+                      "synth"))
     assert [s for s, _ in none.items] == [s for s, _ in ds.items]
     for (_, a), (spec, b) in zip(none.items, ds.items, strict=True):
-        assert not a.segments_pseudo
+        assert not a.segments_pseudo and not a.summaries_pseudo
         assert bool(b.segments_pseudo) == (spec.long and spec.split == "train")
-        b = dataclasses.replace(b, segments_pseudo=[])
+        b = dataclasses.replace(b, segments_pseudo=[], summaries_pseudo=[])
         assert a == b
 
 
@@ -319,6 +343,7 @@ def test_heldout_phrasings_only_in_test(runs):
         assert hit is None or split[s["video_id"]] == "test", s
     for name in ("clips_train.pkl", "segments_train.pkl", "segments_train_pseudo.pkl"):
         assert contains_marker(repr(load_pickle(root / "ego4d_hcap" / name)), markers) is None
+    assert contains_marker((root / "ego4d_hcap/videos_train_pseudo.json").read_text(), markers) is None
     test_files = ("activitynet/val_1.json", "mmn/test.json", "ego4d_hcap/videos_test.json",
                   "msrvtt_qa/test.jsonl")
     for name in test_files:

@@ -4,11 +4,13 @@ Short videos: dense event captions (one per event; two annotators for test video
 event, with an espeak-ng voice each), whole-video retrieval captions and QA pairs. Long videos: a caption
 every `clip_sec` seconds, a description of every `segment_sec` window and one summary, plus paraphrased
 "predicted" versions of the clip captions and segment descriptions (the `*_pred` fields of Ego4D-HCap) and, for
-train videos, pseudo-labelled descriptions over `pseudo_grids` more segment grids, shifted.
+train videos, pseudo-labels: descriptions over `pseudo_grids` more segment grids, shifted, and summaries of
+every run of two or more segments short of the whole video (`pseudo_summaries`).
 Only the test split draws held-out phrasings.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -38,13 +40,15 @@ class VideoText:
     segments: list[tuple[float, float, str]] = field(default_factory=list)
     segments_pred: list[str] = field(default_factory=list)
     segments_pseudo: list[tuple[float, float, str]] = field(default_factory=list)   # train split only
+    summaries_pseudo: list[tuple[float, float, str]] = field(default_factory=list)  # train split only
     summary: str = ""
 
     def all_text(self) -> list[str]:
         out = [s for a in self.captions for s in a] + self.queries + self.retrieval
         out += [q["question"] for q in self.qa] + [q["answer"] for q in self.qa]
         out += [c for _, _, c in self.clips] + [c for _, _, c in self.segments]
-        out += [c for _, _, c in self.clips_pred] + self.segments_pred + [c for _, _, c in self.segments_pseudo]
+        out += [c for _, _, c in self.clips_pred] + self.segments_pred
+        out += [c for _, _, c in self.segments_pseudo + self.summaries_pseudo]
         return out + ([self.summary] if self.summary else [])
 
 
@@ -63,6 +67,9 @@ def annotate(cfg: SynthConfig, spec: VideoSpec) -> VideoText:
         if spec.split == "train" and cfg.long.pseudo_shifts:   # own random stream: the text above is unchanged
             pseudo = Phraser(video_rng(cfg.seed, spec.long, spec.index, 4))
             text.segments_pseudo = pseudo_segments(pseudo, spec, cfg.long.segment_sec, cfg.long.pseudo_shifts)
+        if spec.split == "train" and cfg.long.pseudo_summaries:
+            pseudo = Phraser(video_rng(cfg.seed, spec.long, spec.index, 5))
+            text.summaries_pseudo = pseudo_summaries(pseudo, spec, cfg.long.segment_sec)
         return text
     n_annotators = 2 if spec.split == "test" else 1
     first = event_captions(ph, spec)
@@ -306,19 +313,35 @@ def describe_segment(ph: Phraser, spec: VideoSpec, s: float, e: float) -> str:
     return " ".join(sentences)
 
 
-def summary(ph: Phraser, spec: VideoSpec) -> str:
+def summary(ph: Phraser, spec: VideoSpec, start: float = 0.0, end: float = math.inf) -> str:
+    """What happened overall in [start, end) (default: the whole video): the shapes as they are at `start`,
+    then each shape's two most frequent activities among the events whose midpoint lies in the span."""
     n = len(spec.objects)
-    objects = _object_list(ph, spec)
+    colours = [_colour_at(spec, o, start) for o in range(n)]
+    objects = join_list([ph.subject(c, o.shape, definite=False) for c, o in zip(colours, spec.objects, strict=True)])
     opening = ph.pick(SUMMARY_OPEN).format(
         count=ph.count(n), shapes="shape" if n == 1 else "shapes", bg=spec.background,
         backdrop=ph.pick(BACKDROP), objects=objects, Objects=capitalise(objects),
     )
     sentences = [opening]
     for o, obj in enumerate(spec.objects):
-        acts = Counter(ACTIVITY[e.kind] for e in spec.object_events(o) if e.kind != "still")
+        acts = Counter(ACTIVITY[e.kind] for e in spec.object_events(o)
+                       if e.kind != "still" and start <= (e.start + e.end) / 2 < end)
         if not acts:
             continue
         top = [a for a, _ in sorted(acts.items(), key=lambda x: (-x[1], x[0]))[:2]]
-        subj = ph.subject(obj.initial.colour, obj.shape)
+        subj = ph.subject(colours[o], obj.shape)
         sentences.append(ph.pick(SUMMARY_OBJECT).format(S=capitalise(subj), s=subj, a=" and ".join(top)))
     return " ".join(sentences)
+
+
+def pseudo_summary_spans(duration: float, segment_sec: float) -> list[tuple[float, float]]:
+    """Every run of two or more consecutive manual segments short of the whole video (Ego4D-HCap summaries
+    carry their own spans; a video may have several)."""
+    grid = _windows(duration, segment_sec)
+    return [(grid[i][0], grid[j][1]) for size in range(2, len(grid)) for i in range(len(grid) - size + 1)
+            for j in (i + size - 1,)]
+
+
+def pseudo_summaries(ph: Phraser, spec: VideoSpec, segment_sec: float) -> list[tuple[float, float, str]]:
+    return [(s, e, summary(ph, spec, s, e)) for s, e in pseudo_summary_spans(spec.duration, segment_sec)]

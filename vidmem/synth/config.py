@@ -80,6 +80,7 @@ class LongConfig:
     clip_sec: float = bounded(4.0, lo=0)
     segment_sec: float = bounded(30.0, lo=0)
     pseudo_grids: int = bounded(5, lo=0)   # train videos: n more segment grids, shifted by k·segment_sec/(n+1)
+    pseudo_summaries: bool = True          # train videos: summaries of every run of >= 2 segments (not all)
 
     def check(self, where: str) -> None:
         object.__setattr__(self, "count", _counts(where, "count", self.count))

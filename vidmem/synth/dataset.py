@@ -132,6 +132,7 @@ def metrics(ds: Dataset) -> dict[str, Any]:
             "clip_captions": sum(len(t.clips) for _, t in long),
             "segment_descriptions": sum(len(t.segments) for _, t in long),
             "segment_descriptions_pseudo": sum(len(t.segments_pseudo) for _, t in long),
+            "summaries_pseudo": sum(len(t.summaries_pseudo) for _, t in long),
             "summaries": sum(1 for _, t in long if t.summary),
         }
     train_text = [x for s, t in ds.items if s.split == "train" for x in t.all_text()]

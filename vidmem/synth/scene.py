@@ -111,7 +111,7 @@ class VideoSpec:
 
 def video_rng(seed: int, long: bool, index: int, stream: int) -> np.random.Generator:
     """Independent random stream per (video, purpose): 0 scene, 1 pixels (noise), 2 text, 3 speech voices,
-    4 pseudo-labelled segment text."""
+    4 pseudo-labelled segment text, 5 pseudo-labelled summaries."""
     return np.random.default_rng(np.random.SeedSequence([seed, int(long), index, stream]))
 
 

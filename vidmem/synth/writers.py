@@ -7,7 +7,8 @@ Layout under `annotations/` (the contract with `ingest`):
   mmn/{split}.json                             MMN grounding JSON
   activitynet_speech/{split}.json              MMN JSON + "audios" (WAVs in audio/)
   msrvtt/MSRVTT_data.json, MSRVTT_train.csv, MSRVTT_JSFUSION_{val,test}.csv
-  ego4d_hcap/{clips,segments}_{split}.pkl, videos_{split}.json, segments_train_pseudo.pkl
+  ego4d_hcap/{clips,segments}_{split}.pkl, videos_{split}.json,
+                                               segments_train_pseudo.pkl, videos_train_pseudo.json
   msrvtt_qa/{split}.jsonl, train_ans2label.json
 Files are written in a fixed order with fixed formatting, so equal inputs give equal bytes.
 """
@@ -142,7 +143,7 @@ def write_msrvtt(root: Path, short: list[Item]) -> None:
 def write_ego4d_hcap(root: Path, long: list[Item]) -> None:
     d = root / "ego4d_hcap"
     for split in SPLITS:
-        clips, segments, pseudo, videos = [], [], [], []
+        clips, segments, pseudo, videos, pseudo_videos = [], [], [], [], []
         for spec, text in _split(long, split):
             vid = spec.video_id
             clips += [(vid, _t(s), _t(e), c) for s, e, c in text.clips]
@@ -153,10 +154,18 @@ def write_ego4d_hcap(root: Path, long: list[Item]) -> None:
                 "segment_descriptions": [desc for _, _, desc in text.segments],
                 "segment_descriptions_pred": list(text.segments_pred),
             })
+            for s, e, summ in text.summaries_pseudo:
+                inside = [k for k, (a, _, _) in enumerate(text.segments) if s <= a < e]
+                pseudo_videos.append({
+                    "vid": vid, "start_sec": _t(s), "end_sec": _t(e), "video_summary": summ,
+                    "segment_descriptions": [text.segments[k][2] for k in inside],
+                    "segment_descriptions_pred": [text.segments_pred[k] for k in inside],
+                })
         _pickle(d / f"clips_{split}.pkl", clips)
         _pickle(d / f"segments_{split}.pkl", segments)
         if split == "train":        # the released pseudo-labels are train-only too
             _pickle(d / "segments_train_pseudo.pkl", pseudo)
+            _json(d / "videos_train_pseudo.json", pseudo_videos)
         _json(d / f"videos_{split}.json", videos)
 
 
