@@ -90,13 +90,13 @@ class RecapData:
         m = Manifest.read(paths.manifest, tables=("videos", "hierarchy", "hierarchy_pseudo"))
         refs = [(h.level, h.video_id, h.split, h.start, h.end, h.text) for h in m.hierarchy]
         pseudo = [(h.level, h.video_id, h.split, h.start, h.end, h.text) for h in m.hierarchy_pseudo]
-        vids = sorted({r[1] for r in refs + pseudo})
         if not refs:
             raise UserError(f"{paths.manifest}/hierarchy.jsonl: no hierarchical captions (ego4d_hcap) to train on")
         dur = {v.video_id: v.duration for v in m.videos}
         split = {}
         for r in refs + pseudo:
             split.setdefault(r[1], r[2])
+        vids = sorted(split)
         store = FeatureStore(paths.store("lavila"))
         cs = FeatureStore(paths.store("clip")) if clip_frames else None
         missing = [v for v in vids if v not in store or (cs is not None and v not in cs)]
@@ -128,12 +128,11 @@ class RecapData:
         return {"n_videos_missing": len({r[1] for r in rows}), "videos_missing": sorted({r[1] for r in rows}),
                 "references_missing": dict(sorted(Counter(r[0] for r in rows).items()))}
 
-    def refs(self, level: str, split: str) -> list[Span]:
-        return sorted((v, s, e, t) for lv, v, sp, s, e, t in self.references if lv == level and sp == split)
-
-    def pseudo_refs(self, level: str) -> list[Span]:
-        """The pseudo-labelled train captions of `level` (hierarchy_pseudo.jsonl): training text only."""
-        return sorted((v, s, e, t) for lv, v, sp, s, e, t in self.pseudo if lv == level and sp == "train")
+    def refs(self, level: str, split: str, pseudo: bool = False) -> list[Span]:
+        """The split's reference captions of `level`; pseudo: its pseudo-labelled rows (hierarchy_pseudo.jsonl,
+        training text only) instead."""
+        rows = self.pseudo if pseudo else self.references
+        return sorted((v, s, e, t) for lv, v, sp, s, e, t in rows if lv == level and sp == split)
 
     def ref_texts(self, level: str, split: str) -> dict[str, str]:
         """The split's reference captions of `level` by span key (what predictions are scored against)."""
@@ -262,7 +261,7 @@ class RecapTask(Task):
             lower = self.generated(LOWER[level], split) if self.uses_text(level) else {}
             refs = self.data.refs(level, split)
             if split == "train" and self.config.pseudo_labels:
-                refs = sorted(refs + self.data.pseudo_refs(level))
+                refs = sorted(refs + self.data.refs(level, split, pseudo=True))
             if split == "train" and self.config.fold >= 0:
                 fold = self.data.folds(self.config.folds)
                 refs = [r for r in refs if fold[r[0]] != self.config.fold]

@@ -64,12 +64,12 @@ def annotate(cfg: SynthConfig, spec: VideoSpec) -> VideoText:
         pred = Phraser(rng)  # "model output": same content, other (training) wording
         text.clips_pred = clip_captions(pred, spec, cfg.long.clip_sec)
         text.segments_pred = [d for _, _, d in segment_descriptions(pred, spec, cfg.long.segment_sec)]
-        if spec.split == "train" and cfg.long.pseudo_shifts:   # own random stream: the text above is unchanged
-            pseudo = Phraser(video_rng(cfg.seed, spec.long, spec.index, 4))
-            text.segments_pseudo = pseudo_segments(pseudo, spec, cfg.long.segment_sec, cfg.long.pseudo_shifts)
-        if spec.split == "train" and cfg.long.pseudo_summaries:
-            pseudo = Phraser(video_rng(cfg.seed, spec.long, spec.index, 5))
-            text.summaries_pseudo = pseudo_summaries(pseudo, spec, cfg.long.segment_sec)
+        if spec.split == "train":   # each from its own random stream: the text above is unchanged
+            seg = Phraser(video_rng(cfg.seed, spec.long, spec.index, 4))
+            text.segments_pseudo = pseudo_segments(seg, spec, cfg.long.segment_sec, cfg.long.pseudo_shifts)
+            if cfg.long.pseudo_summaries:
+                summ = Phraser(video_rng(cfg.seed, spec.long, spec.index, 5))
+                text.summaries_pseudo = pseudo_summaries(summ, spec, cfg.long.segment_sec)
         return text
     n_annotators = 2 if spec.split == "test" else 1
     first = event_captions(ph, spec)
@@ -136,8 +136,10 @@ def query(ph: Phraser, spec: VideoSpec, e: Event) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- video
-def _object_list(ph: Phraser, spec: VideoSpec) -> str:
-    return join_list([ph.subject(o.initial.colour, o.shape, definite=False) for o in spec.objects])
+def _object_list(ph: Phraser, spec: VideoSpec, at: float = 0.0) -> str:
+    """Every shape, indefinite, in its colour at time `at`."""
+    return join_list([ph.subject(_colour_at(spec, o, at), obj.shape, definite=False)
+                      for o, obj in enumerate(spec.objects)])
 
 
 def retrieval_captions(ph: Phraser, spec: VideoSpec, k: int) -> list[str]:
@@ -317,8 +319,7 @@ def summary(ph: Phraser, spec: VideoSpec, start: float = 0.0, end: float = math.
     """What happened overall in [start, end) (default: the whole video): the shapes as they are at `start`,
     then each shape's two most frequent activities among the events whose midpoint lies in the span."""
     n = len(spec.objects)
-    colours = [_colour_at(spec, o, start) for o in range(n)]
-    objects = join_list([ph.subject(c, o.shape, definite=False) for c, o in zip(colours, spec.objects, strict=True)])
+    objects = _object_list(ph, spec, start)
     opening = ph.pick(SUMMARY_OPEN).format(
         count=ph.count(n), shapes="shape" if n == 1 else "shapes", bg=spec.background,
         backdrop=ph.pick(BACKDROP), objects=objects, Objects=capitalise(objects),
@@ -330,7 +331,7 @@ def summary(ph: Phraser, spec: VideoSpec, start: float = 0.0, end: float = math.
         if not acts:
             continue
         top = [a for a, _ in sorted(acts.items(), key=lambda x: (-x[1], x[0]))[:2]]
-        subj = ph.subject(colours[o], obj.shape)
+        subj = ph.subject(_colour_at(spec, o, start), obj.shape)
         sentences.append(ph.pick(SUMMARY_OBJECT).format(S=capitalise(subj), s=subj, a=" and ".join(top)))
     return " ".join(sentences)
 
@@ -339,8 +340,7 @@ def pseudo_summary_spans(duration: float, segment_sec: float) -> list[tuple[floa
     """Every run of two or more consecutive manual segments short of the whole video (Ego4D-HCap summaries
     carry their own spans; a video may have several)."""
     grid = _windows(duration, segment_sec)
-    return [(grid[i][0], grid[j][1]) for size in range(2, len(grid)) for i in range(len(grid) - size + 1)
-            for j in (i + size - 1,)]
+    return [(grid[i][0], grid[i + size - 1][1]) for size in range(2, len(grid)) for i in range(len(grid) - size + 1)]
 
 
 def pseudo_summaries(ph: Phraser, spec: VideoSpec, segment_sec: float) -> list[tuple[float, float, str]]:

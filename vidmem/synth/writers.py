@@ -149,24 +149,25 @@ def write_ego4d_hcap(root: Path, long: list[Item]) -> None:
             clips += [(vid, _t(s), _t(e), c) for s, e, c in text.clips]
             segments += [_segment(text, vid, f"{vid}_{k}", s, e, desc) for k, (s, e, desc) in enumerate(text.segments)]
             pseudo += [_segment(text, vid, f"{vid}_p{k}", s, e, desc) for k, (s, e, desc) in enumerate(text.segments_pseudo)]
-            videos.append({
-                "vid": vid, "start_sec": 0.0, "end_sec": _t(spec.duration), "video_summary": text.summary,
-                "segment_descriptions": [desc for _, _, desc in text.segments],
-                "segment_descriptions_pred": list(text.segments_pred),
-            })
-            for s, e, summ in text.summaries_pseudo:
-                inside = [k for k, (a, _, _) in enumerate(text.segments) if s <= a < e]
-                pseudo_videos.append({
-                    "vid": vid, "start_sec": _t(s), "end_sec": _t(e), "video_summary": summ,
-                    "segment_descriptions": [text.segments[k][2] for k in inside],
-                    "segment_descriptions_pred": [text.segments_pred[k] for k in inside],
-                })
+            videos.append(_summary(text, vid, 0.0, spec.duration, text.summary))
+            pseudo_videos += [_summary(text, vid, s, e, summ) for s, e, summ in text.summaries_pseudo]
         _pickle(d / f"clips_{split}.pkl", clips)
         _pickle(d / f"segments_{split}.pkl", segments)
         if split == "train":        # the released pseudo-labels are train-only too
             _pickle(d / "segments_train_pseudo.pkl", pseudo)
             _json(d / "videos_train_pseudo.json", pseudo_videos)
         _json(d / f"videos_{split}.json", videos)
+
+
+def _summary(text: VideoText, vid: str, s: float, e: float, summ: str) -> dict:
+    """One videos_*.json entry: the summary of [s, e) and the reference / "predicted" segment descriptions
+    inside it."""
+    inside = [k for k, (a, _, _) in enumerate(text.segments) if s <= a < e]
+    return {
+        "vid": vid, "start_sec": _t(s), "end_sec": _t(e), "video_summary": summ,
+        "segment_descriptions": [text.segments[k][2] for k in inside],
+        "segment_descriptions_pred": [text.segments_pred[k] for k in inside],
+    }
 
 
 def _segment(text: VideoText, vid: str, sid: str, s: float, e: float, desc: str) -> dict:
