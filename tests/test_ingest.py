@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from vidmem.formats.assemble import ingest
+from vidmem.formats.registry import TABLES
 from vidmem.manifest import Manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -450,7 +451,7 @@ def test_skip_lists_every_bad_entry_and_keeps_the_rest(project: Path):
         "tacos:train": 3
     }
     assert sum(s["kept"] for s in report["sources"]) == sum(
-        len(getattr(m, t)) for t in ("events", "queries", "captions", "hierarchy", "qa")
+        len(getattr(m, t)) for t in TABLES
     )
     assert "AO8RW" not in m.video_index() and "video1" not in m.video_index()
     assert [e.sentence for e in m.events if e.video_id == "v_ehGHCYKzyZ8"] == [

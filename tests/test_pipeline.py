@@ -137,6 +137,9 @@ def test_every_stage_ran(project):
         read = json.loads((project / "data" / "captions" / level / "read.json").read_text())
         assert [(r["fold"], r["videos"]) for r in read["cross_fit"]] == [(0, 1), (1, 1)], level
         assert read["cross_fit"][0]["checkpoint"].endswith(f"recap_{level}_f0/best.pt")
+    synth, ingest = (json.loads((project / "metrics" / f"{n}.json").read_text()) for n in ("synth", "ingest"))
+    pseudo = synth["train"]["segment_descriptions_pseudo"] + synth["train"]["summaries_pseudo"]
+    assert pseudo and ingest["hierarchy_pseudo"] == {"train": pseudo, "val": 0, "test": 0, "total": pseudo}
     membridge = json.loads((project / "metrics" / "membridge.json").read_text())
     membridge.pop("toolchain")
     assert set(membridge) == {*MEMBRIDGE_MODELS, *MEMBRIDGE_FLOORS}
